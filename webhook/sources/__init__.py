@@ -1,0 +1,124 @@
+"""The registry of webhook sources: one adapter module per registry format, looked up by name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.events import PushEvent
+
+from webhook.auth import Authenticator
+
+
+class PayloadError(ValueError):
+    """Raised by an adapter for a body it cannot read; the message names the missing field."""
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What one delivery yields: the image pushes in it, and how many other events it held.
+
+    ``delivery`` is the sender's id for the whole delivery when it has one (GitHub's
+    ``X-GitHub-Delivery``, say); a delivery id seen before is not queued again.
+    ``reply`` is a body the sender expects back instead of the usual summary (Event Grid's
+    subscription validation handshake), or ``None``.
+    """
+
+    events: list[PushEvent] = field(default_factory=list)
+    ignored: int = 0
+    delivery: str | None = None
+    reply: dict[str, Any] | None = None
+
+
+Parser = Callable[[Mapping[str, str], bytes], ParseResult]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registry webhook format: its parser and how its deliveries are authenticated.
+
+    ``needs_registry`` marks formats whose payload does not name the registry host; their
+    endpoints must configure one, and the parser leaves ``PushEvent.registry`` as
+    ``UNKNOWN_REGISTRY`` for the route to fill in.
+    """
+
+    name: str
+    parse: Parser
+    authenticate: Authenticator
+    needs_registry: bool = False
+
+
+# Placeholder host for formats that carry none; replaced by the endpoint's configured registry.
+UNKNOWN_REGISTRY = "registry.invalid"
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    """Add a source to the registry. Raises ValueError if the name is taken."""
+    if source.name in _SOURCES:
+        raise ValueError(f"webhook source {source.name!r} is registered twice")
+    _SOURCES[source.name] = source
+    return source
+
+
+def get_source(name: str) -> Source | None:
+    """The registered source of that name, or None."""
+    _load_adapters()
+    return _SOURCES.get(name)
+
+
+def source_names() -> list[str]:
+    """The names of every registered source, sorted."""
+    _load_adapters()
+    return sorted(_SOURCES)
+
+
+_loaded = False
+
+
+def _load_adapters() -> None:
+    # Each adapter module registers itself on import; importing them all here keeps
+    # "adding a registry" to one new module.
+    global _loaded
+    if _loaded:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+    _loaded = True
+
+
+def load_json(body: bytes) -> Any:
+    """Decode a JSON body. Raises PayloadError when it is not UTF-8 JSON."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise PayloadError(f"body is not valid JSON: {error}") from None
+
+
+def require(mapping: Any, path: str) -> Any:
+    """Follow a dotted path of keys (``event_data.repository.name``) through nested objects.
+
+    Raises PayloadError naming the first missing or mistyped field.
+    """
+    value = mapping
+    walked = []
+    for key in path.split("."):
+        walked.append(key)
+        if not isinstance(value, dict) or key not in value:
+            raise PayloadError(f"missing field {'.'.join(walked)!r}")
+        value = value[key]
+    return value
+
+
+def require_str(mapping: Any, path: str) -> str:
+    """Like ``require``, for a field that must be a non-empty string."""
+    value = require(mapping, path)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"field {path!r} must be a non-empty string")
+    return value

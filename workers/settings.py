@@ -1,0 +1,141 @@
+"""Settings: ``PODHOOK_*`` environment variables over an optional TOML file over defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """Raised for a setting that cannot be read; the message names the variable or key."""
+
+
+def _default_podman_url() -> str:
+    if os.geteuid() == 0:
+        return "unix:///run/podman/podman.sock"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.geteuid()}")
+    return f"unix://{runtime_dir}/podman/podman.sock"
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/podhook"
+    base = os.environ.get("XDG_STATE_HOME", str(Path.home() / ".local" / "state"))
+    return str(Path(base) / "podhook")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything podhook reads from its environment and settings file.
+
+    Build with ``load_settings()``; a field's environment variable is ``PODHOOK_`` plus its
+    name in capitals, and its TOML key is its name.
+    """
+
+    redis_url: str | None = None
+    webhook_token: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    podman_url: str = field(default_factory=_default_podman_url)
+    systemd_bus: str = field(default_factory=lambda: "system" if os.geteuid() == 0 else "user")
+    host_id: str = field(default_factory=socket.gethostname)
+    dry_run: bool = False
+    rollback: bool = True
+    authfile: str | None = None
+    registry_aliases: dict[str, str] = field(default_factory=dict)
+    max_body_bytes: int = 1024 * 1024
+    restart_timeout: float = 120.0
+    settle_seconds: float = 5.0
+    job_retries: int = 3
+    result_ttl: int = 7 * 24 * 3600
+    bind: str = "0.0.0.0:8080"
+    web_workers: int = 2
+    state_dir: str = field(default_factory=_default_state_dir)
+    endpoints: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.systemd_bus not in ("system", "user"):
+            raise SettingsError(
+                f"systemd_bus must be 'system' or 'user', not {self.systemd_bus!r}"
+            )
+        if not self.host_id or any(c in self.host_id for c in " /:"):
+            raise SettingsError(f"host_id {self.host_id!r} must be a word without ' ', '/', ':'")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _convert(name: str, raw: Any, kind: Any) -> Any:
+    kind = str(kind)
+    if "bool" in kind:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+    if kind == "int":
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if kind.startswith("dict"):
+        if isinstance(raw, Mapping):
+            return dict(raw)
+        return _parse_pairs(name, str(raw))
+    return None if raw is None else str(raw)
+
+
+def _parse_pairs(name: str, text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"{name}: expected name=value pairs separated by commas")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read settings from ``environ`` (default ``os.environ``), the TOML file named by
+    ``PODHOOK_CONFIG`` if any, and ``overrides`` (highest precedence, for tests and the CLI).
+
+    Raises SettingsError naming the variable or key that is wrong.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_path = env.get("PODHOOK_CONFIG")
+    known = {f.name: f for f in fields(Settings)}
+    if config_path:
+        try:
+            with open(config_path, "rb") as handle:
+                table = tomllib.load(handle)
+        except OSError as error:
+            raise SettingsError(f"PODHOOK_CONFIG: cannot read {config_path}: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"PODHOOK_CONFIG: {config_path} is not TOML: {error}") from None
+        for key, raw in table.items():
+            if key not in known:
+                raise SettingsError(f"{config_path}: unknown setting {key!r}")
+            values[key] = _convert(f"{config_path}: {key}", raw, known[key].type)
+    for name, spec in known.items():
+        variable = f"PODHOOK_{name.upper()}"
+        if variable in env and name != "endpoints":
+            values[name] = _convert(variable, env[variable], spec.type)
+    for key, raw in (overrides or {}).items():
+        values[key] = raw
+    return Settings(**values)
