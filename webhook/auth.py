@@ -71,9 +71,7 @@ def url_secret(delivery: Delivery, endpoint: Endpoint) -> None:
         raise AuthError("wrong secret in the URL")
 
 
-def hmac_signature(
-    headers: Iterable[tuple[str, str]], digestmod: str = "sha256"
-) -> Authenticator:
+def hmac_signature(headers: Iterable[tuple[str, str]], digestmod: str = "sha256") -> Authenticator:
     """Authenticate by an HMAC of the raw body under the secret.
 
     ``headers`` lists ``(header name, prefix)`` pairs to look for, in order, such as
@@ -98,3 +96,22 @@ def hmac_signature(
 
     return authenticate
 
+
+def any_of(*authenticators: Authenticator) -> Authenticator:
+    """Accept a delivery that any one of the authenticators accepts.
+
+    For senders that can be set up either way (a header, or a secret in the URL). The error of
+    the last authenticator is raised when none accepts.
+    """
+
+    def authenticate(delivery: Delivery, endpoint: Endpoint) -> None:
+        error = AuthError("no authenticator configured")
+        for candidate in authenticators:
+            try:
+                candidate(delivery, endpoint)
+                return
+            except AuthError as refused:
+                error = refused
+        raise error
+
+    return authenticate

@@ -83,7 +83,7 @@ def build_endpoints(
         if source in needs_registry and not registry:
             raise EndpointConfigError(
                 f"endpoint {name!r}: source {source!r} payloads name no registry host; "
-                "set registry = \"host[:port]\""
+                'set registry = "host[:port]"'
             )
         endpoints[name] = Endpoint(
             name=name,

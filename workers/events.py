@@ -8,7 +8,8 @@ from typing import Any
 
 from workers.reference import InvalidReferenceError, normalize_registry, parse_reference
 
-_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+# OCI image-spec descriptor digest grammar; sha256 and sha512 are what registries send.
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
 class EventError(ValueError):
@@ -83,7 +84,7 @@ def make_event(
         raise EventError(str(error)) from error
     if not ref.fully_qualified:
         raise EventError(f"registry host {registry!r} is not a host name")
-    if digest is not None and not _DIGEST.fullmatch(digest):
+    if digest is not None and not DIGEST_PATTERN.fullmatch(digest):
         raise EventError(f"digest {digest!r} is not of the form algorithm:hex")
     assert ref.tag is not None
     return PushEvent(

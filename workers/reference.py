@@ -92,7 +92,9 @@ def parse_reference(text: str) -> ImageRef:
     if "@" in text:
         remainder, digest = text.split("@", 1)
         if not _DIGEST.fullmatch(digest):
-            raise InvalidReferenceError(f"image reference {text!r} has an invalid digest {digest!r}")
+            raise InvalidReferenceError(
+                f"image reference {text!r} has an invalid digest {digest!r}"
+            )
 
     tag = None
     last_slash = remainder.rfind("/")
@@ -107,7 +109,9 @@ def parse_reference(text: str) -> ImageRef:
     if fully_qualified:
         registry, path = parts[0], parts[1:]
         if not _HOST.fullmatch(registry):
-            raise InvalidReferenceError(f"image reference {text!r} has an invalid registry {registry!r}")
+            raise InvalidReferenceError(
+                f"image reference {text!r} has an invalid registry {registry!r}"
+            )
         registry = normalize_registry(registry)
     else:
         registry, path = DEFAULT_REGISTRY, parts

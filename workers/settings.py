@@ -59,9 +59,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.systemd_bus not in ("system", "user"):
-            raise SettingsError(
-                f"systemd_bus must be 'system' or 'user', not {self.systemd_bus!r}"
-            )
+            raise SettingsError(f"systemd_bus must be 'system' or 'user', not {self.systemd_bus!r}")
         if not self.host_id or any(c in self.host_id for c in " /:"):
             raise SettingsError(f"host_id {self.host_id!r} must be a word without ' ', '/', ':'")
 

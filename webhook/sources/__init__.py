@@ -9,9 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.events import PushEvent
-
 from webhook.auth import Authenticator
+from workers.events import DIGEST_PATTERN, PushEvent
 
 
 class PayloadError(ValueError):
@@ -99,6 +98,17 @@ def load_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as error:
         raise PayloadError(f"body is not valid JSON: {error}") from None
+
+
+def clean_digest(value: Any) -> str | None:
+    """A manifest digest as ``algorithm:hex``, or None when the sender gave none or a malformed one.
+
+    Published samples carry truncated digests and ``xxxx`` placeholders; the digest is only a hint
+    that lets a worker skip a pull, so a bad one is dropped rather than refused.
+    """
+    if isinstance(value, str) and DIGEST_PATTERN.fullmatch(value.strip()):
+        return value.strip()
+    return None
 
 
 def require(mapping: Any, path: str) -> Any:

@@ -13,10 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from workers.events import EventError, PushEvent, make_event
-
 from webhook.auth import bearer_token
-from webhook.sources import ParseResult, PayloadError, Source, load_json, register, require
+from webhook.sources import (
+    ParseResult,
+    PayloadError,
+    Source,
+    clean_digest,
+    load_json,
+    register,
+    require,
+)
+from workers.events import EventError, PushEvent, make_event
 
 MANIFEST_MEDIA_TYPES = frozenset(
     {
@@ -72,16 +79,15 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         if action != "push" or not _is_manifest(target) or not tag:
             ignored += 1
             continue
-        for field in ("repository", "digest"):
-            if not isinstance(target.get(field), str) or not target[field]:
-                raise PayloadError(f"missing field 'events[{index}].target.{field}'")
+        if not isinstance(target.get("repository"), str) or not target["repository"]:
+            raise PayloadError(f"missing field 'events[{index}].target.repository'")
         try:
             pushes.append(
                 make_event(
                     _registry_host(event, index),
                     target["repository"],
                     tag,
-                    target["digest"],
+                    clean_digest(target.get("digest")),
                     source="distribution",
                     delivery=event.get("id") if isinstance(event.get("id"), str) else None,
                 )
