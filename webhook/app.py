@@ -1,0 +1,66 @@
+"""The Flask application factory: settings, clients and blueprints are wired here, once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from redis import Redis
+from werkzeug.exceptions import HTTPException
+
+from webhook.endpoints import build_endpoints
+from webhook.sources import get_source, source_names
+from workers.settings import Settings, load_settings
+
+log = logging.getLogger("podhook.webhook")
+
+
+def create_app(
+    settings: Settings | None = None, redis: Redis | None = None, **overrides: Any
+) -> Flask:
+    """Build the webhook app.
+
+    ``settings`` defaults to ``load_settings()`` (environment and settings file); keyword
+    ``overrides`` replace single settings (for tests). ``redis`` defaults to a client for
+    ``settings.redis_url``. Raises SettingsError or EndpointConfigError for bad configuration,
+    so a misconfigured service fails at start rather than on the first delivery.
+    """
+    settings = settings or load_settings(overrides=overrides)
+    names = source_names()
+    needs_registry = {name for name in names if get_source(name).needs_registry}  # type: ignore[union-attr]
+    endpoints = build_endpoints(
+        settings.endpoints,
+        source_names=names,
+        default_secret=settings.webhook_token,
+        insecure=settings.insecure,
+        needs_registry=needs_registry,
+    )
+    if redis is None:
+        redis = Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["podhook"] = {"settings": settings, "redis": redis, "endpoints": endpoints}
+
+    from webhook.routes import blueprint
+
+    app.register_blueprint(blueprint)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        return jsonify(error=error.description, status=error.code), error.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Any:
+        log.exception("unexpected error while serving a request")
+        return jsonify(error="internal error; see the podhook log", status=500), 500
+
+    unsecured = sorted(e.name for e in endpoints.values() if not e.secret and not e.insecure)
+    if unsecured:
+        log.warning(
+            "no secret configured for endpoints %s: their deliveries are refused "
+            "(set PODHOOK_WEBHOOK_TOKEN)",
+            ", ".join(unsecured),
+        )
+    return app

@@ -1,0 +1,307 @@
+"""The ``podhook`` command: serve, worker, run, jobs, hosts and parse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+from werkzeug.datastructures import Headers
+
+from workers.settings import Settings, SettingsError, load_settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="podhook")
+def main() -> None:
+    """podhook: registry push webhooks restart the Podman containers that run the pushed image.
+
+    Settings come from PODHOOK_* environment variables and the TOML file named by
+    PODHOOK_CONFIG; see docs/operations.md.
+    """
+
+
+@main.command()
+@click.option("--bind", help="Address to listen on (default: PODHOOK_BIND or 0.0.0.0:8080).")
+@click.option("--workers", "web_workers", type=int, help="gunicorn worker processes.")
+def serve(bind: str | None, web_workers: int | None) -> None:
+    """Serve the webhook app under gunicorn."""
+    settings = _settings(bind=bind, web_workers=web_workers)
+    from webhook.app import create_app
+
+    create_app(settings)  # fail here, readably, on bad settings rather than in every worker
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        settings.bind,
+        "--workers",
+        str(settings.web_workers),
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "10",
+        "webhook.app:create_app()",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Work the queue until it is empty, then exit.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes for this host.",
+)
+@click.option(
+    "--host-id", help="This host's id in the fleet (default: PODHOOK_HOST_ID or hostname)."
+)
+def worker(burst: bool, processes: int, host_id: str | None) -> None:
+    """Apply pushes queued for this host: pull and restart the matching units."""
+    _setup_logging()
+    settings = _settings(host_id=host_id)
+    from redis.exceptions import RedisError
+
+    from workers.worker import run_pool, run_worker
+
+    try:
+        if processes == 1:
+            run_worker(settings, burst=burst)
+        else:
+            run_pool(settings, processes, burst=burst)
+    except RedisError as error:
+        raise click.ClickException(f"Redis at {settings.redis_url}: {error}") from None
+
+
+@main.command()
+@click.option("--bind", help="Address for the webhook app (default 0.0.0.0:8080).")
+def run(bind: str | None) -> None:
+    """Run everything for one host: Redis (private, if none is configured), the app, a worker.
+
+    Ctrl-C stops it all.
+    """
+    from webhook.allinone import run_all
+
+    settings = _settings(bind=bind)
+    try:
+        sys.exit(run_all(settings))
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option("--source", required=True, help="Webhook source (distribution, harbor, ...).")
+@click.option("--header", "headers", multiple=True, help="A request header, 'Name: value'.")
+@click.argument("payload", type=click.File("rb"))
+def parse(source: str, headers: tuple[str, ...], payload: Any) -> None:
+    """Print the push events a webhook payload yields, without queuing anything.
+
+    Prints {"events": [...], "ignored": N}; exits 2 with the reason on stderr for a payload
+    that cannot be read.
+    """
+    from webhook.sources import PayloadError, get_source, source_names
+
+    adapter = get_source(source)
+    if adapter is None:
+        raise click.BadParameter(
+            f"unknown source {source!r}; known: {', '.join(source_names())}", param_hint="--source"
+        )
+    request_headers = Headers()
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{header!r} is not 'Name: value'", param_hint="--header")
+        request_headers.add(name.strip(), value.strip())
+    try:
+        result = adapter.parse(request_headers, payload.read())
+    except PayloadError as error:
+        click.echo(f"podhook parse: {source} payload: {error}", err=True)
+        sys.exit(2)
+    events = [
+        {"registry": e.registry, "repository": e.repository, "tag": e.tag, "digest": e.digest}
+        for e in result.events
+    ]
+    output: dict[str, Any] = {"events": events, "ignored": result.ignored}
+    if result.reply is not None:
+        output["reply"] = result.reply
+    click.echo(json.dumps(output, indent=2))
+
+
+def _redis(settings: Settings) -> Any:
+    from workers.worker import redis_from_settings
+
+    return redis_from_settings(settings)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--host", help="Only jobs of this host.")
+@click.option(
+    "--state", type=click.Choice(["queued", "started", "scheduled", "finished", "failed"])
+)
+@click.option("--limit", type=int, default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def jobs(
+    ctx: click.Context, host: str | None, state: str | None, limit: int, as_json: bool
+) -> None:
+    """List recent jobs of every host, newest first, with their outcome."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from workers.joblog import list_jobs
+
+    settings = _settings()
+    records = _with_redis(settings, lambda r: list_jobs(r, host=host, state=state, limit=limit))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no jobs")
+        return
+    rows = [("JOB", "HOST", "STATE", "IMAGE", "DIGEST", "ENQUEUED", "OUTCOME")]
+    for record in records:
+        digest = (record.event.get("digest") or "-")[:19]
+        event = record.event
+        reference = f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+        rows.append(
+            (
+                record.id,
+                record.host,
+                record.state,
+                reference,
+                digest,
+                record.enqueued_at.strftime("%Y-%m-%d %H:%M:%S") if record.enqueued_at else "-",
+                _outcome(record),
+            )
+        )
+    _print_table(rows)
+
+
+def _outcome(record: Any) -> str:
+    if record.report:
+        counts = record.report.get("summary", {})
+        text = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no containers"
+    else:
+        text = "-"
+    if record.error:
+        text += f" ({record.error[:80]})"
+    return text
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def jobs_show(job_id: str, as_json: bool) -> None:
+    """Show one job: its push, its state and the per-container report."""
+    from workers.joblog import get_job
+
+    settings = _settings()
+    record = _with_redis(settings, lambda r: get_job(r, job_id))
+    if record is None:
+        click.echo(f"podhook: no job {job_id!r} (unknown or expired)", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+        return
+    event = record.event
+    click.echo(f"job       {record.id}")
+    click.echo(f"host      {record.host}")
+    click.echo(f"state     {record.state}")
+    click.echo(f"push      {event.get('registry')}/{event.get('repository')}:{event.get('tag')}")
+    click.echo(f"digest    {event.get('digest') or '(not given by the sender)'}")
+    click.echo(f"source    {event.get('source') or '-'} delivery {event.get('delivery') or '-'}")
+    if record.error:
+        click.echo(f"error     {record.error}")
+    containers = (record.report or {}).get("containers", [])
+    if not containers:
+        click.echo(
+            "no containers of this host run that image" if record.report else "no report yet"
+        )
+        return
+    rows = [("CONTAINER", "UNIT", "STATE", "OLD", "NEW", "REASON")]
+    for row in containers:
+        rows.append(
+            (
+                row["container_name"],
+                row.get("unit") or "-",
+                row["state"],
+                (row.get("old_image") or "-")[:12],
+                (row.get("new_image") or "-")[:12],
+                row["reason"],
+            )
+        )
+    _print_table(rows)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def hosts(as_json: bool) -> None:
+    """List the hosts registered in the fleet with their heartbeat age and queue depth."""
+    import time
+
+    from workers.queueing import get_hosts, get_queue
+
+    settings = _settings()
+
+    def collect(redis: Any) -> list[dict[str, Any]]:
+        now = time.time()
+        return [
+            {
+                "host": host,
+                "heartbeat_age": round(now - beat, 1),
+                "queued": len(get_queue(redis, host)),
+            }
+            for host, beat in sorted(get_hosts(redis).items())
+        ]
+
+    found = _with_redis(settings, collect)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    elif not found:
+        click.echo("no hosts registered; start `podhook worker` on each host")
+    else:
+        rows = [("HOST", "HEARTBEAT", "QUEUED")]
+        rows += [(h["host"], f"{h['heartbeat_age']:.0f}s ago", str(h["queued"])) for h in found]
+        _print_table(rows)
+
+
+def _with_redis(settings: Settings, action: Any) -> Any:
+    from redis.exceptions import RedisError
+
+    try:
+        return action(_redis(settings))
+    except RedisError as error:
+        raise click.ClickException(f"Redis at {settings.redis_url}: {error}") from None
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

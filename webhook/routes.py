@@ -1,0 +1,137 @@
+"""HTTP routes: the one webhook route every source shares, and the health checks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from redis.exceptions import RedisError
+
+from webhook.auth import AuthError
+from webhook.endpoints import Delivery, Endpoint
+from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source
+from workers.events import EventError, PushEvent, make_event
+from workers.queueing import (
+    NoHostsError,
+    enqueue_push,
+    is_delivery_seen,
+    remember_delivery,
+)
+from workers.settings import Settings
+
+log = logging.getLogger("podhook.webhook")
+blueprint = Blueprint("podhook", __name__)
+
+
+def _state() -> dict[str, Any]:
+    return current_app.extensions["podhook"]  # type: ignore[no-any-return]
+
+
+def _refuse(status: int, reason: str, **fields: Any) -> Any:
+    return jsonify(error=reason, status=status, **fields), status
+
+
+def _retarget(event: PushEvent, endpoint: Endpoint, settings: Settings) -> PushEvent:
+    """Apply the endpoint's registry and the alias map to an event's registry host."""
+    registry = endpoint.registry or event.registry
+    registry = settings.registry_aliases.get(registry, registry)
+    if registry == UNKNOWN_REGISTRY:
+        raise EventError(f"endpoint {endpoint.name!r} must configure the registry host")
+    if registry == event.registry:
+        return event
+    return make_event(
+        registry,
+        event.repository,
+        event.tag,
+        event.digest,
+        source=event.source,
+        delivery=event.delivery,
+        received_at=event.received_at,
+    )
+
+
+@blueprint.post("/v1/webhooks/<name>")
+@blueprint.post("/v1/webhooks/<name>/<path:secret>")
+def receive(name: str, secret: str | None = None) -> Any:
+    """Authenticate, parse and queue one delivery; answer 2xx only once its jobs are queued."""
+    state = _state()
+    settings: Settings = state["settings"]
+    endpoint: Endpoint | None = state["endpoints"].get(name)
+    if endpoint is None:
+        return _refuse(404, f"no webhook endpoint named {name!r}")
+    source = get_source(endpoint.source)
+    assert source is not None
+    received_at = time.time()
+    body = request.get_data(cache=False)
+    delivery = Delivery(headers=request.headers, body=body, query=request.args, path_secret=secret)
+    try:
+        source.authenticate(delivery, endpoint)
+    except AuthError as error:
+        log.warning("refused delivery to endpoint=%s: %s", name, error)
+        return _refuse(401, str(error))
+    try:
+        parsed = source.parse(request.headers, body)
+        events = [
+            _retarget(replace(event, received_at=received_at), endpoint, settings)
+            for event in parsed.events
+        ]
+    except (PayloadError, EventError) as error:
+        log.warning("bad delivery to endpoint=%s: %s", name, error)
+        return _refuse(400, f"{endpoint.source} payload: {error}")
+    if parsed.reply is not None:
+        return jsonify(parsed.reply), 200
+
+    redis = state["redis"]
+    summary: dict[str, Any] = {"events": len(events), "ignored": parsed.ignored}
+    try:
+        if parsed.delivery and is_delivery_seen(redis, name, parsed.delivery):
+            log.info("delivery=%s endpoint=%s seen before; nothing queued", parsed.delivery, name)
+            return jsonify({**summary, "queued": [], "duplicate": True}), 200
+        queued, duplicates = [], 0
+        for event in events:
+            for job in enqueue_push(
+                redis, event, retries=settings.job_retries, result_ttl=settings.result_ttl
+            ):
+                if job.duplicate:
+                    duplicates += 1
+                else:
+                    queued.append(job.job_id)
+        if parsed.delivery:
+            remember_delivery(redis, name, parsed.delivery)
+    except NoHostsError as error:
+        return _refuse(503, str(error))
+    except RedisError as error:
+        log.error("cannot queue delivery to endpoint=%s: Redis: %s", name, error)
+        return _refuse(503, "job queue unavailable; retry later")
+    log.info(
+        "delivery endpoint=%s source=%s delivery=%s events=%d ignored=%d queued=%d duplicates=%d",
+        name,
+        endpoint.source,
+        parsed.delivery or "-",
+        len(events),
+        parsed.ignored,
+        len(queued),
+        duplicates,
+    )
+    return jsonify({**summary, "queued": queued, "duplicates": duplicates}), (
+        202 if queued else 200
+    )
+
+
+@blueprint.get("/healthz")
+def healthz() -> Any:
+    """Liveness: the process answers."""
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz() -> Any:
+    """Readiness: Redis answers, so deliveries can be queued."""
+    try:
+        _state()["redis"].ping()
+    except RedisError as error:
+        return _refuse(503, f"Redis unreachable: {error}")
+    return jsonify(status="ready")

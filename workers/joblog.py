@@ -1,0 +1,103 @@
+"""Read the job record back: recent and failed jobs per host, each with its report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from workers.queueing import get_hosts, get_queue
+
+STATES = ("queued", "started", "scheduled", "finished", "failed")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as people inspect it: where it ran, what push it was for, and how it ended."""
+
+    id: str
+    host: str
+    state: str
+    event: dict[str, Any]
+    enqueued_at: datetime | None
+    ended_at: datetime | None
+    report: dict[str, Any] | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "state": self.state,
+            "event": self.event,
+            "enqueued_at": self.enqueued_at.isoformat() if self.enqueued_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "report": self.report,
+            "error": self.error,
+        }
+
+
+def _record(job: Job) -> JobRecord:
+    status = job.get_status(refresh=False)
+    state = status.value if isinstance(status, JobStatus) else str(status)
+    result = job.return_value(refresh=False) if state == "finished" else None
+    report = job.meta.get("report") or (result if isinstance(result, dict) else None)
+    error = None
+    if state == "failed":
+        latest = job.latest_result()
+        error = (latest.exc_string or "").strip().splitlines()[-1] if latest else None
+    return JobRecord(
+        id=job.id,
+        host=job.meta.get("host", ""),
+        state=state,
+        event=job.meta.get("event", {}),
+        enqueued_at=job.enqueued_at,
+        ended_at=job.ended_at,
+        report=report,
+        error=error,
+    )
+
+
+def _ids_by_state(redis: Redis, host: str) -> Iterable[tuple[str, list[str]]]:
+    queue = get_queue(redis, host)
+    yield "queued", queue.get_job_ids()
+    yield "started", queue.started_job_registry.get_job_ids()
+    yield "scheduled", queue.scheduled_job_registry.get_job_ids()
+    yield "finished", queue.finished_job_registry.get_job_ids()
+    yield "failed", queue.failed_job_registry.get_job_ids()
+
+
+def _newest_first_key(record: JobRecord) -> datetime:
+    stamp = record.enqueued_at or datetime.min
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def list_jobs(
+    redis: Redis, *, host: str | None = None, state: str | None = None, limit: int = 50
+) -> list[JobRecord]:
+    """Jobs of every host (or one), newest first, optionally of one state; at most ``limit``."""
+    hosts = [host] if host else sorted(get_hosts(redis))
+    records: list[JobRecord] = []
+    for name in hosts:
+        for job_state, ids in _ids_by_state(redis, name):
+            if state and job_state != state:
+                continue
+            jobs = Job.fetch_many(ids, connection=redis, serializer=JSONSerializer)
+            records.extend(_record(job) for job in jobs if job is not None)
+    records.sort(key=_newest_first_key, reverse=True)
+    return records[:limit]
+
+
+def get_job(redis: Redis, job_id: str) -> JobRecord | None:
+    """One job by id, or None when it is unknown or has expired."""
+    try:
+        return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
+    except NoSuchJobError:
+        return None

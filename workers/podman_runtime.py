@@ -1,0 +1,192 @@
+"""The container engine behind a small interface: list, inspect, pull and tag, over Podman's API."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from podman import PodmanClient
+from podman.errors import APIError, PodmanError
+
+AUTOUPDATE_LABEL = "io.containers.autoupdate"
+AUTHFILE_LABEL = "io.containers.autoupdate.authfile"
+UNIT_LABEL = "PODMAN_SYSTEMD_UNIT"
+
+
+class ContainerRuntimeError(Exception):
+    """Raised when the container engine fails; the message names the operation."""
+
+
+@dataclass(frozen=True)
+class Container:
+    """A running container as the update logic needs it."""
+
+    id: str
+    name: str
+    image_reference: str
+    image_id: str
+    labels: Mapping[str, str]
+
+    @property
+    def policy(self) -> str:
+        """The auto-update policy label's value ('' when unset)."""
+        return self.labels.get(AUTOUPDATE_LABEL, "")
+
+    @property
+    def unit(self) -> str | None:
+        """The systemd unit that runs the container, from PODMAN_SYSTEMD_UNIT."""
+        return self.labels.get(UNIT_LABEL) or None
+
+
+@dataclass(frozen=True)
+class Image:
+    """A local image: its id and the digests it is known by in registries."""
+
+    id: str
+    repo_digests: tuple[str, ...]
+    digest: str | None = None
+
+    def has_digest(self, repository_name: str, digest: str) -> bool:
+        """Whether the image is known as ``repository_name@digest`` (or has that digest)."""
+        return f"{repository_name}@{digest}" in self.repo_digests or self.digest == digest
+
+
+class ContainerRuntime(Protocol):
+    """What the update logic asks of a container engine."""
+
+    def list_autoupdate_containers(self) -> list[Container]:
+        """Running containers that carry the auto-update label."""
+        ...
+
+    def get_image(self, name_or_id: str) -> Image:
+        """Inspect a local image. Raises ContainerRuntimeError."""
+        ...
+
+    def pull(self, reference: str, authfile: str | None = None) -> Image:
+        """Pull ``reference`` from its registry and return the image it now names."""
+        ...
+
+    def tag(self, image_id: str, reference: str) -> None:
+        """Point ``reference`` at a local image."""
+        ...
+
+
+def registry_auth(authfile: str, registry: str) -> dict[str, str] | None:
+    """Credentials for ``registry`` from a containers-auth.json file, or None if it has none.
+
+    Raises ContainerRuntimeError when the file cannot be read.
+    """
+    try:
+        with open(authfile, encoding="utf-8") as handle:
+            auths = json.load(handle).get("auths", {})
+    except (OSError, ValueError) as error:
+        raise ContainerRuntimeError(f"reading authfile {authfile}: {error}") from error
+    entry = auths.get(registry)
+    if not entry or "auth" not in entry:
+        return None
+    username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    return {"username": username, "password": password}
+
+
+class PodmanRuntime:
+    """ContainerRuntime over the Podman REST API (libpod endpoints) through podman-py."""
+
+    def __init__(self, url: str, timeout: float = 300.0) -> None:
+        self.url = url
+        self._client = PodmanClient(base_url=url, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def _call(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = getattr(self._client.api, method)(path, **kwargs)
+            response.raise_for_status()
+        except (APIError, PodmanError, OSError) as error:
+            raise ContainerRuntimeError(f"{what}: {error}") from error
+        return response
+
+    def list_autoupdate_containers(self) -> list[Container]:
+        """Running containers labeled io.containers.autoupdate, with their own image reference."""
+        filters = json.dumps({"label": [AUTOUPDATE_LABEL], "status": ["running"]})
+        listed = self._call(
+            "listing containers", "get", "/containers/json", params={"filters": filters}
+        ).json()
+        containers = []
+        for entry in listed:
+            # The list's "Image" may be an id; inspect has the reference the container was
+            # created with, which is what Podman's own auto-update pulls.
+            data = self._call(
+                f"inspecting container {entry['Id'][:12]}",
+                "get",
+                f"/containers/{entry['Id']}/json",
+            ).json()
+            containers.append(
+                Container(
+                    id=data["Id"],
+                    name=data.get("Name", "").lstrip("/"),
+                    image_reference=data.get("ImageName") or entry.get("Image", ""),
+                    image_id=data["Image"],
+                    labels=dict(data.get("Config", {}).get("Labels") or {}),
+                )
+            )
+        return containers
+
+    def get_image(self, name_or_id: str) -> Image:
+        """Inspect a local image by name or id."""
+        data = self._call(
+            f"inspecting image {name_or_id}", "get", f"/images/{name_or_id}/json"
+        ).json()
+        return Image(
+            id=data["Id"],
+            repo_digests=tuple(data.get("RepoDigests") or ()),
+            digest=data.get("Digest") or None,
+        )
+
+    def pull(self, reference: str, authfile: str | None = None) -> Image:
+        """Pull ``reference`` (policy always) and return the image it names afterwards.
+
+        TLS follows registries.conf. Raises ContainerRuntimeError with the registry's message.
+        """
+        headers = {}
+        if authfile:
+            registry = reference.split("/", 1)[0]
+            credentials = registry_auth(authfile, registry)
+            if credentials:
+                encoded = json.dumps(credentials).encode()
+                headers["X-Registry-Auth"] = base64.urlsafe_b64encode(encoded).decode()
+        response = self._call(
+            f"pulling {reference}",
+            "post",
+            "/images/pull",
+            params={"reference": reference, "policy": "always"},
+            headers=headers,
+            stream=True,
+        )
+        image_id = None
+        for line in response.iter_lines():
+            if not line:
+                continue
+            report = json.loads(line)
+            if report.get("error"):
+                raise ContainerRuntimeError(f"pulling {reference}: {report['error']}")
+            image_id = report.get("id") or image_id
+        if image_id is None:
+            raise ContainerRuntimeError(f"pulling {reference}: Podman reported no image")
+        return self.get_image(image_id)
+
+    def tag(self, image_id: str, reference: str) -> None:
+        """Point ``reference`` (``name:tag``) at ``image_id``."""
+        name, _, tag = reference.rpartition(":")
+        if "/" in tag or not name:
+            raise ContainerRuntimeError(f"tagging {image_id[:12]}: {reference!r} has no tag")
+        self._call(
+            f"tagging {image_id[:12]} as {reference}",
+            "post",
+            f"/images/{image_id}/tag",
+            params={"repo": name, "tag": tag},
+        )

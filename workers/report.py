@@ -1,0 +1,56 @@
+"""Outcomes as data: one report row per container, with a state and the reason for it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class UpdateState(StrEnum):
+    """What a push did to one container."""
+
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    PENDING = "pending"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"
+
+
+# States that make a job fail in its record: the push did not end with the new image running.
+FAILURE_STATES = frozenset({UpdateState.FAILED, UpdateState.ROLLED_BACK})
+
+
+@dataclass(frozen=True)
+class ContainerReport:
+    """One container's outcome for one push.
+
+    ``old_image`` and ``new_image`` are image ids; ``timings`` holds seconds since the job
+    started for each step reached (``pulled``, ``restarted``, ``active``, ``finished``).
+    """
+
+    container_id: str
+    container_name: str
+    unit: str | None
+    image: str
+    policy: str
+    state: UpdateState
+    reason: str
+    old_image: str | None = None
+    new_image: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the state as its string value."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+def summarize(rows: list[ContainerReport]) -> dict[str, int]:
+    """Count rows by state, every state present in the result (zero when absent)."""
+    counts = {state.value: 0 for state in UpdateState}
+    for row in rows:
+        counts[row.state.value] += 1
+    return counts

@@ -1,0 +1,112 @@
+"""systemd behind a small interface: restart a unit and wait for its job, read a unit's state."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class UnitError(Exception):
+    """Raised when systemd cannot be asked; the message names the unit and the operation."""
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """A unit's ActiveState and SubState, and how often systemd restarted it by itself."""
+
+    active_state: str
+    sub_state: str
+    restarts: int
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the unit is up (ActiveState ``active``)."""
+        return self.active_state == "active"
+
+
+class UnitManager(Protocol):
+    """What the update logic asks of systemd."""
+
+    def restart(self, unit: str, timeout: float) -> str:
+        """Restart ``unit`` and wait for the job; return its result (``done``, ``failed``, ...)."""
+        ...
+
+    def get_state(self, unit: str) -> UnitState:
+        """The unit's current state. Raises UnitError."""
+        ...
+
+
+def session_bus_address() -> str:
+    """The user bus address: DBUS_SESSION_BUS_ADDRESS, else ``$XDG_RUNTIME_DIR/bus``."""
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if address:
+        return address
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.geteuid()}")
+    return f"unix:path={runtime_dir}/bus"
+
+
+class DBusUnitManager:
+    """UnitManager over systemd's D-Bus API (org.freedesktop.systemd1) with pydbus.
+
+    ``bus`` is ``system`` (rootful Podman, system units) or ``user`` (rootless Podman, the
+    calling user's manager). Create it in the process that uses it: a D-Bus connection does
+    not survive a fork.
+    """
+
+    def __init__(self, bus: str = "system") -> None:
+        import pydbus  # noqa: PLC0415  (GLib is loaded only where systemd is used)
+        from gi.repository import GLib  # noqa: PLC0415
+
+        self.bus_name = bus
+        self._glib = GLib
+        try:
+            if bus == "system":
+                self._bus = pydbus.SystemBus()
+            else:
+                self._bus = pydbus.connect(session_bus_address())
+            self._manager = self._bus.get("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+            # Without Subscribe(), systemd does not emit JobRemoved to this client.
+            self._manager.Subscribe()
+        except GLib.Error as error:
+            raise UnitError(f"connecting to the systemd {bus} bus: {error.message}") from error
+
+    def restart(self, unit: str, timeout: float) -> str:
+        """Call ``RestartUnit(unit, "replace")`` and wait for the job's JobRemoved signal.
+
+        Returns the job result: ``done`` on success; ``failed``, ``timeout``, ``canceled``,
+        ``dependency`` or ``skipped`` from systemd; ``timeout`` also when no result came within
+        ``timeout`` seconds. Raises UnitError when systemd refuses the call (no such unit).
+        """
+        results: dict[str, str] = {}
+
+        def on_job_removed(_id: int, job: str, _unit: str, result: str) -> None:
+            results[job] = result
+
+        subscription = self._manager.JobRemoved.connect(on_job_removed)
+        try:
+            try:
+                job = self._manager.RestartUnit(unit, "replace")
+            except self._glib.Error as error:
+                raise UnitError(f"restarting {unit!r}: {error.message}") from error
+            context = self._glib.MainContext.default()
+            deadline = time.monotonic() + timeout
+            while job not in results:
+                if time.monotonic() > deadline:
+                    return "timeout"
+                if not context.iteration(False):
+                    time.sleep(0.02)
+            return results[job]
+        finally:
+            subscription.disconnect()
+
+    def get_state(self, unit: str) -> UnitState:
+        """Read ActiveState, SubState and NRestarts of a loaded unit."""
+        try:
+            path = self._manager.LoadUnit(unit)
+            proxy: Any = self._bus.get("org.freedesktop.systemd1", path)
+            restarts = int(getattr(proxy, "NRestarts", 0)) if unit.endswith(".service") else 0
+            return UnitState(str(proxy.ActiveState), str(proxy.SubState), restarts)
+        except self._glib.Error as error:
+            raise UnitError(f"reading the state of {unit!r}: {error.message}") from error

@@ -1,0 +1,77 @@
+"""Run RQ workers for this host's queue, registering the host in the fleet as they beat."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from typing import Any
+
+from redis import Redis
+from rq import Worker
+from rq.serializers import JSONSerializer
+
+from workers.queueing import get_queue, register_host
+from workers.settings import Settings
+
+log = logging.getLogger("podhook.worker")
+
+# The worker's heartbeat, and so the host's, comes about every WORKER_TTL - 15 seconds.
+WORKER_TTL = 60
+
+
+class HostWorker(Worker):
+    """An RQ worker whose heartbeat also tells the fleet that its host is alive."""
+
+    def __init__(self, *args: Any, host_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.host_id = host_id
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat, plus the host's entry in the fleet."""
+        super().heartbeat(timeout, pipeline)
+        register_host(self.connection, self.host_id)
+
+
+def redis_from_settings(settings: Settings) -> Redis:
+    """A Redis client for the configured URL (the local default when none is set)."""
+    return Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+
+
+def run_worker(settings: Settings, *, burst: bool = False) -> bool:
+    """Work this host's queue until stopped (or, with ``burst``, until it is empty).
+
+    Registers the host first, so pushes queued from now on reach it. Returns whether any job
+    was worked. Raises redis.RedisError when Redis is unreachable.
+    """
+    redis = redis_from_settings(settings)
+    register_host(redis, settings.host_id)
+    worker = HostWorker(
+        [get_queue(redis, settings.host_id)],
+        connection=redis,
+        serializer=JSONSerializer,
+        host_id=settings.host_id,
+        worker_ttl=WORKER_TTL,
+    )
+    log.info("worker for host=%s on queue %s", settings.host_id, worker.queue_names()[0])
+    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+
+
+def run_pool(settings: Settings, processes: int, *, burst: bool = False) -> None:
+    """Run ``processes`` workers for this host side by side and wait for them all.
+
+    Every worker takes jobs from the same host queue; the per-unit lock keeps two of them from
+    restarting one unit at once.
+    """
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=run_worker, args=(settings,), kwargs={"burst": burst}, daemon=False)
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join()
+    except KeyboardInterrupt:
+        for child in children:
+            child.join(timeout=30)
