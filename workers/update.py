@@ -100,8 +100,14 @@ class Updater:
             ref = parse_reference(container.image_reference)
         except InvalidReferenceError:
             return None
-        same_path = ref.repository == event.repository and ref.tag == event.tag
-        if not same_path or (ref.fully_qualified and ref.registry != event.registry):
+        if ref.fully_qualified:
+            if not (ref.registry == event.registry and ref.repository == event.repository):
+                return None
+        # A short name ("app:1") could mean the pushed image on any registry of the search
+        # list; it is reported, never pulled.
+        elif event.repository not in (ref.repository, ref.repository.removeprefix("library/")):
+            return None
+        if ref.tag != event.tag:
             return None
 
         def skipped(reason: str) -> ContainerReport:

@@ -1,0 +1,172 @@
+"""The update decisions: which containers a push concerns, and what happens to each."""
+
+import pytest
+
+from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
+from workers.events import make_event
+from workers.report import UpdateState
+from workers.update import Updater, UpdateOptions
+
+REF = "registry.example.com/app:1.2"
+V1, V2, V3 = "1" * 64, "2" * 64, "3" * 64
+D1, D2 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+@pytest.fixture
+def runtime():
+    runtime = FakeRuntime()
+    runtime.add_image(V1, f"registry.example.com/app@{D1}")
+    runtime.registry[REF] = runtime.add_image(V2, f"registry.example.com/app@{D2}")
+    return runtime
+
+
+def make_updater(runtime, units=None, **options):
+    units = units or FakeUnits(runtime)
+    options.setdefault("settle_seconds", 0)
+    return Updater(runtime, units, FakeLocks(), UpdateOptions(**options)), units
+
+
+def push(digest=D2, reference=REF):
+    registry, _, rest = reference.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    return make_event(registry, repository, tag, digest)
+
+
+def states(outcome):
+    return {row.container_name: row.state for row in outcome.rows}
+
+
+def test_new_digest_pulls_the_containers_own_reference_and_restarts_once(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    assert states(outcome) == {"web": UpdateState.UPDATED}
+    assert runtime.pulls == [REF]
+    assert units.restarts == ["web.service"]
+    assert runtime.containers[0].image_id == V2
+    row = outcome.rows[0]
+    assert (row.old_image, row.new_image, row.unit) == (V1, V2, "web.service")
+    assert set(row.timings) >= {"pulled", "active", "finished"}
+
+
+def test_digest_already_running_is_unchanged_without_a_pull(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push(digest=D1))
+    assert states(outcome) == {"web": UpdateState.UNCHANGED}
+    assert runtime.pulls == [] and units.restarts == []
+
+
+def test_pull_that_brings_the_same_image_restarts_nothing(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.images[V1]
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push(digest=None))
+    assert states(outcome) == {"web": UpdateState.UNCHANGED}
+    assert runtime.pulls == [REF] and units.restarts == []
+
+
+def test_other_tags_registries_and_repositories_are_not_concerned(runtime):
+    runtime.run("other-tag", "registry.example.com/app:1.3", V1, PODMAN_SYSTEMD_UNIT="a.service")
+    runtime.run("other-host", "mirror.example.com/app:1.2", V1, PODMAN_SYSTEMD_UNIT="b.service")
+    runtime.run("other-repo", "registry.example.com/api:1.2", V1, PODMAN_SYSTEMD_UNIT="c.service")
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    assert outcome.rows == [] and units.restarts == [] and runtime.pulls == []
+
+
+def test_containers_that_cannot_be_updated_are_skipped_with_the_reason(runtime):
+    runtime.run("no-unit", REF, V1)
+    runtime.run(
+        "local", REF, V1, PODMAN_SYSTEMD_UNIT="l.service", **{"io.containers.autoupdate": "local"}
+    )
+    runtime.run("short", "app:1.2", V1, PODMAN_SYSTEMD_UNIT="s.service")
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    reasons = {row.container_name: (row.state, row.reason) for row in outcome.rows}
+    assert reasons["no-unit"][0] is UpdateState.SKIPPED
+    assert "PODMAN_SYSTEMD_UNIT" in reasons["no-unit"][1]
+    assert reasons["local"][0] is UpdateState.SKIPPED and "'local'" in reasons["local"][1]
+    assert reasons["short"][0] is UpdateState.SKIPPED and "fully qualified" in reasons["short"][1]
+    assert units.restarts == [] and runtime.pulls == []
+
+
+def test_image_policy_alias_is_honoured(runtime):
+    runtime.run(
+        "web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service", **{"io.containers.autoupdate": "image"}
+    )
+    updater, units = make_updater(runtime)
+    assert states(updater.apply(push())) == {"web": UpdateState.UPDATED}
+
+
+def test_two_containers_of_one_unit_restart_it_once(runtime):
+    runtime.run("pod-a", REF, V1, PODMAN_SYSTEMD_UNIT="pod-app.service")
+    runtime.run("pod-b", REF, V1, PODMAN_SYSTEMD_UNIT="pod-app.service")
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    assert states(outcome) == {"pod-a": UpdateState.UPDATED, "pod-b": UpdateState.UPDATED}
+    assert units.restarts == ["pod-app.service"]
+    assert runtime.pulls == [REF]
+    assert updater.locks.held == ["pod-app.service"]
+
+
+def test_failing_new_image_is_rolled_back(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.add_image(V3)
+    updater, units = make_updater(runtime)
+    units.broken.add(V3)
+    outcome = updater.apply(push(digest=None))
+    row = outcome.rows[0]
+    assert row.state is UpdateState.ROLLED_BACK
+    assert "unit is failed" in row.reason and "rolled back" in row.reason
+    assert units.restarts == ["web.service", "web.service"]
+    assert runtime.tags[REF] == V1 and runtime.containers[0].image_id == V1
+    assert (row.old_image, row.new_image) == (V1, V3)
+    assert outcome.transient == []
+
+
+def test_rollback_that_fails_too_is_failed(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.add_image(V3)
+    updater, units = make_updater(runtime)
+    units.broken.update({V1, V3})
+    row = updater.apply(push(digest=None)).rows[0]
+    assert row.state is UpdateState.FAILED
+    assert "rollback failed" in row.reason
+
+
+def test_without_rollback_a_failing_image_is_failed_and_left(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.add_image(V3)
+    updater, units = make_updater(runtime, rollback=False)
+    units.broken.add(V3)
+    row = updater.apply(push(digest=None)).rows[0]
+    assert row.state is UpdateState.FAILED and "rollback is off" in row.reason
+    assert units.restarts == ["web.service"]
+
+
+def test_unit_that_does_not_recreate_its_container_is_not_called_updated(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, _units = make_updater(runtime, units=FakeUnits(runtime, recreates=False))
+    row = updater.apply(push()).rows[0]
+    assert row.state is not UpdateState.UPDATED
+    assert "--new" in row.reason
+
+
+def test_dry_run_reports_pending_and_changes_nothing(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, units = make_updater(runtime, dry_run=True)
+    outcome = updater.apply(push())
+    assert states(outcome) == {"web": UpdateState.PENDING}
+    assert runtime.pulls == [] and units.restarts == []
+    assert runtime.containers[0].image_id == V1
+
+
+def test_failed_pull_is_failed_and_transient(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.pull_error = "connection refused"
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    assert states(outcome) == {"web": UpdateState.FAILED}
+    assert outcome.transient and "connection refused" in outcome.transient[0]
+    assert units.restarts == []
