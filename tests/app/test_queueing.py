@@ -1,0 +1,84 @@
+"""Queuing for the fleet on a real Redis: one job per host, stable ids, digest-less windows."""
+
+import pytest
+
+from workers.events import make_event
+from workers.queueing import (
+    NoHostsError,
+    enqueue_push,
+    forget_host,
+    get_hosts,
+    get_queue,
+    is_delivery_seen,
+    job_id_for,
+    register_host,
+    remember_delivery,
+)
+
+DIGEST = "sha256:" + "e" * 64
+
+
+def event(digest=DIGEST, tag="1"):
+    return make_event("registry.example.com", "team/app", tag, digest, source="test")
+
+
+def test_hosts_register_with_heartbeat_and_can_be_forgotten(redis):
+    register_host(redis, "a", now=100.0)
+    register_host(redis, "b", now=200.0)
+    register_host(redis, "a", now=300.0)
+    assert get_hosts(redis) == {"a": 300.0, "b": 200.0}
+    assert forget_host(redis, "a") and not forget_host(redis, "a")
+    assert get_hosts(redis) == {"b": 200.0}
+
+
+def test_no_hosts_raises(redis):
+    with pytest.raises(NoHostsError):
+        enqueue_push(redis, event())
+
+
+def test_job_ids_are_stable_per_host_reference_and_digest():
+    assert job_id_for("a", event()) == job_id_for("a", event())
+    assert job_id_for("a", event()) != job_id_for("b", event())
+    assert job_id_for("a", event()) != job_id_for("a", event(tag="2"))
+    assert job_id_for("a", event()) != job_id_for("a", event(digest="sha256:" + "f" * 64))
+
+
+def test_same_digest_twice_is_one_job_per_host(redis):
+    register_host(redis, "a")
+    register_host(redis, "b")
+    first = enqueue_push(redis, event())
+    second = enqueue_push(redis, event())
+    assert [j.duplicate for j in first] == [False, False]
+    assert [j.duplicate for j in second] == [True, True]
+    assert len(get_queue(redis, "a")) == 1 and len(get_queue(redis, "b")) == 1
+
+
+def test_job_carries_event_json_retries_and_result_ttl(redis):
+    register_host(redis, "a")
+    [queued] = enqueue_push(redis, event(), retries=2, result_ttl=1234)
+    job = get_queue(redis, "a").fetch_job(queued.job_id)
+    assert job.func_name == "workers.jobs.apply_push"
+    assert (
+        job.args == ({**event().to_dict(), "received_at": None},) or job.args[0]["digest"] == DIGEST
+    )
+    assert job.retries_left == 2 and job.result_ttl == 1234
+    assert job.meta["host"] == "a"
+
+
+def test_digestless_push_is_queued_once_per_window(redis):
+    register_host(redis, "a")
+    first = enqueue_push(redis, event(digest=None))
+    again = enqueue_push(redis, event(digest=None))
+    assert not first[0].duplicate and again[0].duplicate
+    assert len(get_queue(redis, "a")) == 1
+    redis.delete(*redis.keys("podhook:recent:*"))  # the window has passed
+    later = enqueue_push(redis, event(digest=None))
+    assert not later[0].duplicate and len(get_queue(redis, "a")) == 2
+
+
+def test_delivery_ids_are_remembered_per_endpoint(redis):
+    assert not is_delivery_seen(redis, "github", "abc")
+    remember_delivery(redis, "github", "abc")
+    assert is_delivery_seen(redis, "github", "abc")
+    assert not is_delivery_seen(redis, "gitea", "abc")
+    assert 0 < redis.ttl("podhook:delivery:github:abc") <= 3 * 24 * 3600

@@ -1,0 +1,87 @@
+"""`podhook parse` prints what a payload yields without queuing, and exits 2 on bad input."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from webhook.cli import main
+
+PAYLOADS = Path(__file__).parent.parent / "payloads"
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["parse", *args])
+
+
+def test_prints_events_and_ignored_count(tmp_path):
+    digest = "sha256:" + "d" * 64
+    body = {
+        "events": [
+            {
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "repository": "team/app",
+                    "tag": "2",
+                    "digest": digest,
+                    "url": f"http://reg.example.com:5000/v2/team/app/manifests/{digest}",
+                },
+                "request": {"host": "reg.example.com:5000"},
+            },
+            {"action": "pull", "target": {"repository": "team/app", "tag": "2", "digest": digest}},
+        ]
+    }
+    payload = tmp_path / "envelope.json"
+    payload.write_text(json.dumps(body))
+    result = run("--source", "distribution", str(payload))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "events": [
+            {
+                "registry": "reg.example.com:5000",
+                "repository": "team/app",
+                "tag": "2",
+                "digest": digest,
+            }
+        ],
+        "ignored": 1,
+    }
+
+
+def test_published_sample_without_tag_yields_no_event():
+    result = run(
+        "--source", "distribution", str(PAYLOADS / "distribution" / "distribution-push.json")
+    )
+    assert result.exit_code == 0
+    assert json.loads(result.output) == {"events": [], "ignored": 3}
+
+
+def test_malformed_payload_exits_2_with_the_reason(tmp_path):
+    payload = tmp_path / "bad.json"
+    payload.write_text('{"events": [{"action": "push"}]}')
+    result = run("--source", "distribution", str(payload))
+    assert result.exit_code == 2
+    assert "events[0].target" in result.stderr
+
+
+def test_unknown_source_is_a_usage_error(tmp_path):
+    payload = tmp_path / "x.json"
+    payload.write_text("{}")
+    result = run("--source", "nosuch", str(payload))
+    assert result.exit_code == 2 and "unknown source 'nosuch'" in result.output
+
+
+def test_every_command_has_help():
+    for command in (
+        [],
+        ["serve"],
+        ["worker"],
+        ["run"],
+        ["jobs"],
+        ["jobs", "show"],
+        ["hosts"],
+        ["parse"],
+    ):
+        result = CliRunner().invoke(main, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, command
