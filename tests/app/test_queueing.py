@@ -58,7 +58,7 @@ def test_job_carries_event_json_retries_and_result_ttl(redis):
     [queued] = enqueue_push(redis, event(), retries=2, result_ttl=1234)
     job = get_queue(redis, "a").fetch_job(queued.job_id)
     assert job.func_name == "workers.jobs.apply_push"
-    assert job.args == (event().to_dict(),)
+    assert list(job.args) == [event().to_dict()]
     assert job.retries_left == 2 and job.result_ttl == 1234
     assert job.meta["host"] == "a"
 
