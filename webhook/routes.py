@@ -53,8 +53,8 @@ def _retarget(event: PushEvent, endpoint: Endpoint, settings: Settings) -> PushE
     )
 
 
-@blueprint.post("/v1/webhooks/<name>")
-@blueprint.post("/v1/webhooks/<name>/<path:secret>")
+@blueprint.post("/v1/webhooks/<name>", provide_automatic_options=False)
+@blueprint.post("/v1/webhooks/<name>/<path:secret>", provide_automatic_options=False)
 def receive(name: str, secret: str | None = None) -> Any:
     """Authenticate, parse and queue one delivery; answer 2xx only once its jobs are queued."""
     state = _state()
@@ -119,6 +119,24 @@ def receive(name: str, secret: str | None = None) -> Any:
     return jsonify({**summary, "queued": queued, "duplicates": duplicates}), (
         202 if queued else 200
     )
+
+
+@blueprint.route("/v1/webhooks/<name>", methods=["OPTIONS"])
+@blueprint.route("/v1/webhooks/<name>/<path:secret>", methods=["OPTIONS"])
+def abuse_protection(name: str, secret: str | None = None) -> Any:
+    """Answer the CloudEvents webhook validation handshake (Azure Event Grid sends it).
+
+    The sender asks with ``WebHook-Request-Origin``; echoing it in ``WebHook-Allowed-Origin``
+    allows its deliveries (CloudEvents 1.0 HTTP webhook spec, section 4).
+    """
+    if name not in _state()["endpoints"]:
+        return _refuse(404, f"no webhook endpoint named {name!r}")
+    response = current_app.response_class(status=200)
+    origin = request.headers.get("WebHook-Request-Origin")
+    if origin:
+        response.headers["WebHook-Allowed-Origin"] = origin
+        response.headers["Allow"] = "POST, OPTIONS"
+    return response
 
 
 @blueprint.get("/healthz")

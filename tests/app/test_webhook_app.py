@@ -249,3 +249,12 @@ def test_logs_carry_neither_secrets_nor_payloads(client, redis, host, caplog):
     text = caplog.text
     assert "delivery endpoint=distribution" in text
     assert TOKEN not in text and marker not in text
+
+
+def test_cloudevents_validation_handshake_is_answered(client):
+    response = client.options(
+        "/v1/webhooks/acr", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
+    )
+    assert response.status_code == 200
+    assert response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    assert client.options("/v1/webhooks/nosuch").status_code == 404
