@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from webhook.auth import AuthError
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source
+from workers import audit
 from workers.events import EventError, PushEvent, make_event
 from workers.queueing import (
     NoHostsError,
@@ -90,17 +91,41 @@ def receive(name: str, secret: str | None = None) -> Any:
         if parsed.delivery and is_delivery_seen(redis, name, parsed.delivery):
             log.info("delivery=%s endpoint=%s seen before; nothing queued", parsed.delivery, name)
             return jsonify({**summary, "queued": [], "duplicate": True}), 200
-        queued, duplicates = [], 0
+        queued, duplicates, jobs = [], 0, []
         for event in events:
             for job in enqueue_push(
                 redis, event, retries=settings.job_retries, result_ttl=settings.result_ttl
             ):
+                jobs.append(
+                    {
+                        "host": job.host,
+                        "job": job.job_id,
+                        "duplicate": job.duplicate,
+                        "reference": event.reference,
+                        "digest": event.digest,
+                    }
+                )
                 if job.duplicate:
                     duplicates += 1
                 else:
                     queued.append(job.job_id)
         if parsed.delivery:
             remember_delivery(redis, name, parsed.delivery)
+        if events:
+            audit.record(
+                redis,
+                "delivery",
+                {
+                    "endpoint": name,
+                    "source": endpoint.source,
+                    "delivery": parsed.delivery,
+                    "received_at": received_at,
+                    "queued_at": time.time(),
+                    "ignored": parsed.ignored,
+                    "jobs": jobs,
+                },
+                settings.audit_retention,
+            )
     except NoHostsError as error:
         return _refuse(503, str(error))
     except RedisError as error:

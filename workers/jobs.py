@@ -10,6 +10,7 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 
+from workers import audit
 from workers.events import PushEvent
 from workers.locks import RedisUnitLocks
 from workers.podman_runtime import PodmanRuntime
@@ -82,8 +83,10 @@ def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
             row.reason,
         )
     if job is not None:
+        report["job"] = job.id
         job.meta["report"] = report
         job.save_meta()
+    audit.record(redis, "outcome", report, settings.audit_retention)
     failures = [row for row in outcome.rows if row.state in FAILURE_STATES]
     lasting = [row for row in failures if row.reason not in outcome.transient]
     if lasting:

@@ -52,6 +52,7 @@ class Settings:
     settle_seconds: float = 5.0
     job_retries: int = 3
     result_ttl: int = 7 * 24 * 3600
+    audit_retention: int = 7 * 24 * 3600
     bind: str = "0.0.0.0:8080"
     web_workers: int = 2
     state_dir: str = field(default_factory=_default_state_dir)

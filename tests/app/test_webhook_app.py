@@ -258,3 +258,22 @@ def test_cloudevents_validation_handshake_is_answered(client):
     assert response.status_code == 200
     assert response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
     assert client.options("/v1/webhooks/nosuch").status_code == 404
+
+
+def test_delivery_is_recorded_in_the_audit_trail(client, redis, host):
+    from workers import audit
+
+    response = post(client, envelope(manifest_push()))
+    [entry] = audit.read(redis, kind="delivery")
+    assert entry.data["endpoint"] == "distribution" and entry.data["source"] == "distribution"
+    [job] = entry.data["jobs"]
+    assert job == {
+        "host": host,
+        "job": response.json["queued"][0],
+        "duplicate": False,
+        "reference": "127.0.0.1:5000/team/app:1.2",
+        "digest": DIGEST,
+    }
+    assert entry.data["received_at"] <= entry.data["queued_at"]
+    post(client, envelope(blob_push()))
+    assert len(audit.read(redis)) == 1  # nothing to tell about ignored-only deliveries

@@ -1,0 +1,69 @@
+"""The audit trail: each delivery and each job outcome, in a capped Redis stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+AUDIT_STREAM = "podhook:audit"
+# A hard cap on top of the time-based trim, so a flood of deliveries cannot fill Redis.
+AUDIT_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One step of a push's story: a ``delivery`` received or a job ``outcome``."""
+
+    id: str
+    time: float
+    kind: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"id": self.id, "time": self.time, "kind": self.kind, **self.data}
+
+
+def record(redis: Redis, kind: str, data: dict[str, Any], retention_seconds: int) -> str:
+    """Append an entry, trimming entries older than ``retention_seconds``. Returns its id."""
+    oldest_ms = int((time.time() - retention_seconds) * 1000)
+    entry_id = redis.xadd(
+        AUDIT_STREAM,
+        {"kind": kind, "data": json.dumps(data, separators=(",", ":"))},
+        minid=oldest_ms,
+        approximate=True,
+    )
+    redis.xtrim(AUDIT_STREAM, maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def read(
+    redis: Redis,
+    *,
+    since: float | None = None,
+    kind: str | None = None,
+    limit: int = 200,
+) -> list[AuditEntry]:
+    """Entries newest first, at most ``limit``, optionally only of one kind or after ``since``."""
+    start = f"{int(since * 1000)}-0" if since else "-"
+    entries = []
+    for raw_id, fields in redis.xrevrange(AUDIT_STREAM, max="+", min=start):
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        entry_kind = fields[b"kind"].decode()
+        if kind and entry_kind != kind:
+            continue
+        entries.append(
+            AuditEntry(
+                id=entry_id,
+                time=int(entry_id.split("-")[0]) / 1000,
+                kind=entry_kind,
+                data=json.loads(fields[b"data"]),
+            )
+        )
+        if len(entries) >= limit:
+            break
+    return entries
