@@ -79,10 +79,24 @@ def _newest_first_key(record: JobRecord) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
+def _event_reference(event: dict[str, Any]) -> str:
+    return f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+
+
 def list_jobs(
-    redis: Redis, *, host: str | None = None, state: str | None = None, limit: int = 50
+    redis: Redis,
+    *,
+    host: str | None = None,
+    state: str | None = None,
+    image: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
 ) -> list[JobRecord]:
-    """Jobs of every host (or one), newest first, optionally of one state; at most ``limit``."""
+    """Jobs of every host (or one), newest first, at most ``limit``.
+
+    ``state`` keeps one of STATES; ``image`` keeps jobs whose pushed reference contains that
+    text (``app:1.2``, ``registry.example.com/team``); ``since`` keeps jobs queued after it.
+    """
     hosts = [host] if host else sorted(get_hosts(redis))
     records: list[JobRecord] = []
     for name in hosts:
@@ -91,8 +105,61 @@ def list_jobs(
                 continue
             jobs = Job.fetch_many(ids, connection=redis, serializer=JSONSerializer)
             records.extend(_record(job) for job in jobs if job is not None)
+    if image:
+        records = [r for r in records if image in _event_reference(r.event)]
+    if since:
+        floor = since if since.tzinfo else since.replace(tzinfo=UTC)
+        records = [r for r in records if _newest_first_key(r) >= floor]
     records.sort(key=_newest_first_key, reverse=True)
     return records[:limit]
+
+
+class JobActionError(Exception):
+    """Raised when a job cannot be retried or cancelled; the message says why."""
+
+
+def retry_job(redis: Redis, job_id: str) -> JobRecord:
+    """Queue a failed job again on its host's queue. Raises JobActionError otherwise."""
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise JobActionError(f"no job {job_id!r} (unknown or expired)") from None
+    state = job.get_status()
+    if state not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        raise JobActionError(f"job {job_id} is {state}, only failed or cancelled jobs are retried")
+    queue = get_queue(redis, job.origin.removeprefix("podhook-"))
+    if state is JobStatus.FAILED:
+        queue.failed_job_registry.requeue(job)
+    else:
+        queue.enqueue_job(job)
+    return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
+
+
+def retry_failed(redis: Redis, host: str | None = None) -> list[str]:
+    """Queue every failed job (of one host, or all) again. Returns the retried ids."""
+    retried = []
+    for name in [host] if host else sorted(get_hosts(redis)):
+        registry = get_queue(redis, name).failed_job_registry
+        for job_id in registry.get_job_ids():
+            registry.requeue(job_id)
+            retried.append(job_id)
+    return retried
+
+
+def cancel_job(redis: Redis, job_id: str) -> JobRecord:
+    """Cancel a queued or scheduled job; a started job is left alone (a restart may be under way).
+
+    Raises JobActionError for an unknown job or one that is not waiting.
+    """
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise JobActionError(f"no job {job_id!r} (unknown or expired)") from None
+    state = job.get_status()
+    if state not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        raise JobActionError(f"job {job_id} is {state}; only waiting jobs can be cancelled")
+    job.cancel()
+    return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
 
 
 def get_job(redis: Redis, job_id: str) -> JobRecord | None:

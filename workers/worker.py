@@ -10,6 +10,8 @@ from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+from workers.inventory import collect_inventory, publish_inventory
+from workers.podman_runtime import PodmanRuntime
 from workers.queueing import get_queue, register_host
 from workers.settings import Settings
 
@@ -22,14 +24,21 @@ WORKER_TTL = 60
 class HostWorker(Worker):
     """An RQ worker whose heartbeat also tells the fleet that its host is alive."""
 
-    def __init__(self, *args: Any, host_id: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, host_id: str, podman_url: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.host_id = host_id
+        self.podman_url = podman_url
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """RQ's heartbeat, plus the host's entry in the fleet."""
+        """RQ's heartbeat, plus the host's entry in the fleet and its container inventory."""
         super().heartbeat(timeout, pipeline)
         register_host(self.connection, self.host_id)
+        if self.podman_url and self.get_state() != "busy":
+            runtime = PodmanRuntime(self.podman_url, timeout=10)
+            try:
+                publish_inventory(self.connection, self.host_id, collect_inventory(runtime))
+            finally:
+                runtime.close()
 
 
 def redis_from_settings(settings: Settings) -> Redis:
@@ -50,6 +59,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
         connection=redis,
         serializer=JSONSerializer,
         host_id=settings.host_id,
+        podman_url=settings.podman_url,
         worker_ttl=WORKER_TTL,
     )
     log.info("worker for host=%s on queue %s", settings.host_id, worker.queue_names()[0])
