@@ -71,12 +71,19 @@ def url_secret(delivery: Delivery, endpoint: Endpoint) -> None:
         raise AuthError("wrong secret in the URL")
 
 
-def hmac_signature(headers: Iterable[tuple[str, str]], digestmod: str = "sha256") -> Authenticator:
-    """Authenticate by an HMAC of the raw body under the secret.
+def hmac_signature(
+    headers: Iterable[tuple[str, str]],
+    digestmod: str = "sha256",
+    *,
+    signed: Callable[[Delivery], bytes] | None = None,
+) -> Authenticator:
+    """Authenticate by an HMAC under the secret of the raw body, or of what ``signed`` returns.
 
     ``headers`` lists ``(header name, prefix)`` pairs to look for, in order, such as
     ``("X-Hub-Signature-256", "sha256=")``; the first header present must hold the prefix and
-    the lower-case hex digest.
+    the lower-case hex digest. ``signed`` picks the signed bytes out of a delivery for senders
+    that sign something other than the body they post; a ValueError from it refuses the
+    delivery.
     """
     candidates = list(headers)
 
@@ -84,11 +91,15 @@ def hmac_signature(headers: Iterable[tuple[str, str]], digestmod: str = "sha256"
         secret = _secret_of(endpoint)
         if secret is None:
             return
+        try:
+            message = delivery.body if signed is None else signed(delivery)
+        except ValueError as error:
+            raise AuthError(f"cannot read the signed payload: {error}") from None
         for name, prefix in candidates:
             value = delivery.headers.get(name)
             if value is None:
                 continue
-            expected = prefix + hmac.new(secret.encode(), delivery.body, digestmod).hexdigest()
+            expected = prefix + hmac.new(secret.encode(), message, digestmod).hexdigest()
             if not _same(value.strip().lower(), expected):
                 raise AuthError(f"{name} signature does not match the body")
             return

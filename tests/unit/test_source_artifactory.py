@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.datastructures import Headers
 
-from webhook.auth import AuthError
+from tests.unit.sources_support import (
+    Samples,
+    assert_no_secret_refuses_unless_insecure,
+    assert_refused,
+    make_delivery,
+    remove_field,
+    tuples,
+)
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source
 from webhook.sources.artifactory import SOURCE, parse
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "artifactory"
+SAMPLES = Samples("artifactory")
 INDEX_DIGEST = "sha256:35c4a2c15539c6c1e4e5fa4e554dac323ad0107d8eb5c582d6ff386b383b7dce"
-
-
-def sample_json(name: str) -> Any:
-    return json.loads((PAYLOADS / name).read_bytes())
 
 
 def docker_event(event_type: str = "pushed", **data_changes: Any) -> dict[str, Any]:
     """The doc's "Docker Tag was Pushed" data inside the envelope the doc shows for all domains."""
-    event = sample_json("artifactory-artifact-deployed-envelope.json")
-    data = sample_json("artifactory-docker-pushed.json")
+    event = SAMPLES.json("artifactory-artifact-deployed-envelope.json")
+    data = SAMPLES.json("artifactory-docker-pushed.json")
     data.update(data_changes)
     event.update(domain="docker", event_type=event_type, data=data)
     return event
@@ -33,10 +35,6 @@ def docker_event(event_type: str = "pushed", **data_changes: Any) -> dict[str, A
 
 def parse_json(payload: Any) -> Any:
     return parse(Headers(), json.dumps(payload).encode())
-
-
-def tuples(result: Any) -> list[tuple[str, str, str, str | None]]:
-    return [(e.registry, e.repository, e.tag, e.digest) for e in result.events]
 
 
 def test_docker_tag_pushed_yields_image_name_and_tag_with_the_manifest_digest():
@@ -53,7 +51,7 @@ def test_repo_key_is_not_part_of_the_repository():
 
 
 def test_artifact_deployed_envelope_is_ignored():
-    result = parse_json(sample_json("artifactory-artifact-deployed-envelope.json"))
+    result = parse_json(SAMPLES.json("artifactory-artifact-deployed-envelope.json"))
     assert (result.events, result.ignored) == ([], 1)
 
 
@@ -76,7 +74,7 @@ def test_placeholder_checksum_becomes_no_digest():
 def test_bare_data_object_from_the_doc_is_refused_naming_the_envelope_field():
     # The doc shows only the data object; real deliveries wrap it (see tests/payloads README).
     with pytest.raises(PayloadError, match="'domain'"):
-        parse_json(sample_json("artifactory-docker-pushed.json"))
+        parse_json(SAMPLES.json("artifactory-docker-pushed.json"))
 
 
 @pytest.mark.parametrize(
@@ -89,11 +87,7 @@ def test_bare_data_object_from_the_doc_is_refused_naming_the_envelope_field():
 )
 def test_missing_fields_are_named(remove, field):
     event = docker_event()
-    holder = event
-    *parents, last = remove.split(".")
-    for key in parents:
-        holder = holder[key]
-    del holder[last]
+    remove_field(event, remove)
     with pytest.raises(PayloadError, match=field):
         parse_json(event)
 
@@ -114,9 +108,7 @@ def test_source_is_registered_as_needing_a_configured_registry():
 
 
 def delivery(headers: dict[str, str] | None = None) -> Delivery:
-    return Delivery(
-        headers=Headers(headers or {}), body=json.dumps(docker_event()).encode(), query={}
-    )
+    return make_delivery(json.dumps(docker_event()).encode(), headers)
 
 
 ENDPOINT = Endpoint(
@@ -133,11 +125,8 @@ def test_secret_token_header_passes():
     [{}, {"X-JFrog-Event-Auth": "wrong"}, {"Authorization": "Bearer s3cret"}],
 )
 def test_wrong_or_missing_token_is_refused(headers):
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(delivery(headers), ENDPOINT)
+    assert_refused(SOURCE, delivery(headers), ENDPOINT)
 
 
 def test_no_secret_configured_refuses_unless_insecure():
-    with pytest.raises(AuthError, match="no secret configured"):
-        SOURCE.authenticate(delivery(), Endpoint(name="a", source="artifactory"))
-    SOURCE.authenticate(delivery(), Endpoint(name="a", source="artifactory", insecure=True))
+    assert_no_secret_refuses_unless_insecure(SOURCE, delivery())

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.datastructures import Headers
 
-from webhook.auth import AuthError
+from tests.unit.sources_support import (
+    Samples,
+    assert_no_secret_refuses_unless_insecure,
+    assert_refused,
+    make_delivery,
+    tuples,
+)
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import PayloadError, get_source
 from webhook.sources.gar import SOURCE, parse
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "gar"
+SAMPLES = Samples("gar")
 IMAGE = "us-west1-docker.pkg.dev/my-project/my-repo/hello-world"
 FULL_DIGEST = "sha256:" + "6ec128e26cd5" + "0" * 52
 PUSHED = ("us-west1-docker.pkg.dev", "my-project/my-repo/hello-world", "1.1")
-
-
-def sample(name: str) -> bytes:
-    return (PAYLOADS / name).read_bytes()
 
 
 def envelope(data: bytes, message_id: str = "2070443601311540") -> bytes:
@@ -42,12 +43,8 @@ def envelope(data: bytes, message_id: str = "2070443601311540") -> bytes:
     ).encode()
 
 
-def tuples(result: Any) -> list[tuple[str, str, str, str | None]]:
-    return [(e.registry, e.repository, e.tag, e.digest) for e in result.events]
-
-
 def test_tag_insert_in_a_push_envelope_yields_the_image():
-    result = parse(Headers(), envelope(sample("gar-pubsub-insert.json")))
+    result = parse(Headers(), envelope(SAMPLES.read("gar-pubsub-insert.json")))
     # The doc digest "sha256:6ec128e26cd5..." is truncated: dropped, not refused.
     assert tuples(result) == [(*PUSHED, None)]
     assert result.ignored == 0
@@ -58,10 +55,10 @@ def test_tag_insert_in_a_push_envelope_yields_the_image():
 
 def test_unwrapped_delivery_reads_the_body_as_data_and_the_id_from_headers():
     headers = Headers({"x-goog-pubsub-message-id": "77"})
-    result = parse(headers, sample("gar-pubsub-insert.json"))
+    result = parse(headers, SAMPLES.read("gar-pubsub-insert.json"))
     assert tuples(result) == [(*PUSHED, None)]
     assert result.delivery == "77"
-    assert parse(Headers(), sample("gar-pubsub-insert.json")).delivery is None
+    assert parse(Headers(), SAMPLES.read("gar-pubsub-insert.json")).delivery is None
 
 
 @pytest.mark.parametrize(
@@ -69,7 +66,7 @@ def test_unwrapped_delivery_reads_the_body_as_data_and_the_id_from_headers():
 )
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_digest_only_insert_and_delete_are_ignored(name, wrapped):
-    body = envelope(sample(name)) if wrapped else sample(name)
+    body = envelope(SAMPLES.read(name)) if wrapped else SAMPLES.read(name)
     result = parse(Headers(), body)
     assert (result.events, result.ignored) == ([], 1)
 
@@ -87,14 +84,14 @@ def test_digest_of_another_image_is_dropped():
 
 
 def test_flux_recv_gcr_envelope_fixed_copy_yields_the_tag_only_insert():
-    result = parse(Headers(), sample("gcr-pubsub-push-envelope-flux-recv.fixed.json"))
+    result = parse(Headers(), SAMPLES.read("gcr-pubsub-push-envelope-flux-recv.fixed.json"))
     assert tuples(result) == [("us.gcr.io", "am/am.kebab.api", "test", None)]
     assert result.delivery == "981636256311680"
 
 
 def test_flux_recv_gcr_envelope_verbatim_is_refused_for_its_extra_brace():
     with pytest.raises(PayloadError, match="not valid JSON"):
-        parse(Headers(), sample("gcr-pubsub-push-envelope-flux-recv.verbatim-invalid.jsonc"))
+        parse(Headers(), SAMPLES.read("gcr-pubsub-push-envelope-flux-recv.verbatim-invalid.jsonc"))
 
 
 def test_registry_with_a_port_is_kept():
@@ -140,13 +137,8 @@ def test_source_is_registered_with_a_host_from_the_payload():
     assert SOURCE.needs_registry is False
 
 
-def delivery(**kwargs: Any) -> Delivery:
-    return Delivery(
-        headers=Headers(kwargs.pop("headers", {})),
-        body=envelope(sample("gar-pubsub-insert.json")),
-        query=kwargs.pop("query", {}),
-        path_secret=kwargs.pop("path_secret", None),
-    )
+def delivery(headers: dict[str, str] | None = None, **kwargs: Any) -> Delivery:
+    return make_delivery(envelope(SAMPLES.read("gar-pubsub-insert.json")), headers, **kwargs)
 
 
 ENDPOINT = Endpoint(name="gar", source="gar", secret="s3cret")
@@ -170,11 +162,8 @@ def test_secret_in_the_url_passes(given):
     ],
 )
 def test_wrong_or_missing_url_secret_is_refused(given):
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(given, ENDPOINT)
+    assert_refused(SOURCE, given, ENDPOINT)
 
 
 def test_no_secret_configured_refuses_unless_insecure():
-    with pytest.raises(AuthError, match="no secret configured"):
-        SOURCE.authenticate(delivery(), Endpoint(name="gar", source="gar"))
-    SOURCE.authenticate(delivery(), Endpoint(name="gar", source="gar", insecure=True))
+    assert_no_secret_refuses_unless_insecure(SOURCE, delivery())

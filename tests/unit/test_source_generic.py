@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from werkzeug.datastructures import Headers
 
-from webhook.auth import AuthError
+from tests.unit.sources_support import (
+    Samples,
+    assert_no_secret_refuses_unless_insecure,
+    assert_refused,
+    make_delivery,
+    tuples,
+)
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import PayloadError, get_source
 from webhook.sources.generic import SOURCE, parse
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "generic"
+SAMPLES = Samples("generic")
 DIUN_DIGEST = "sha256:216e3ae7de4ca8b553eb11ef7abda00651e79e537e85c46108284e5e91673e01"
 CI_DIGEST = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-
-
-def load(name: str) -> bytes:
-    return (PAYLOADS / name).read_bytes()
-
-
-def tuples(result) -> list[tuple[str, str, str, str | None]]:
-    return [(e.registry, e.repository, e.tag, e.digest) for e in result.events]
 
 
 def notice(**fields) -> bytes:
@@ -31,7 +28,7 @@ def notice(**fields) -> bytes:
 
 
 def diun(**changes) -> bytes:
-    payload = json.loads(load("diun-webhook-doc.json"))
+    payload = SAMPLES.json("diun-webhook-doc.json")
     payload.update(changes)
     return json.dumps(payload).encode()
 
@@ -42,7 +39,7 @@ def test_registered_with_bearer_token():
 
 
 def test_diun_doc_sample():
-    result = parse(Headers(), load("diun-webhook-doc.json"))
+    result = parse(Headers(), SAMPLES.read("diun-webhook-doc.json"))
     assert tuples(result) == [("docker.io", "crazymax/diun", "latest", DIUN_DIGEST)]
     assert result.ignored == 0
     assert result.events[0].source == "generic"
@@ -60,12 +57,12 @@ def test_other_diun_statuses_are_ignored(status):
 
 
 def test_ci_notice_with_digest_and_registry_port():
-    result = parse(Headers(), load("generic-ci.json"))
+    result = parse(Headers(), SAMPLES.read("generic-ci.json"))
     assert tuples(result) == [("registry.example.com:5000", "team/api", "2.3.1", CI_DIGEST)]
 
 
 def test_ci_notice_without_digest():
-    result = parse(Headers(), load("generic-ci-no-digest.json"))
+    result = parse(Headers(), SAMPLES.read("generic-ci-no-digest.json"))
     assert tuples(result) == [("ghcr.io", "acme/worker", "main", None)]
 
 
@@ -110,7 +107,7 @@ def test_malformed_notices_name_the_field(fields, message):
 
 
 def test_malformed_diun_body_names_the_field():
-    payload = json.loads(load("diun-webhook-doc.json"))
+    payload = SAMPLES.json("diun-webhook-doc.json")
     del payload["image"]
     with pytest.raises(PayloadError, match="'image'"):
         parse(Headers(), json.dumps(payload).encode())
@@ -128,7 +125,7 @@ ENDPOINT = Endpoint(name="generic", source="generic", secret="ci-token-0f3a")
 
 
 def delivery(headers: dict[str, str]) -> Delivery:
-    return Delivery(headers=Headers(headers), body=load("generic-ci.json"), query={})
+    return make_delivery(SAMPLES.read("generic-ci.json"), headers)
 
 
 def test_right_token_passes():
@@ -140,19 +137,13 @@ def test_right_token_passes():
     [{"Authorization": "Bearer ci-token"}, {"Authorization": "Basic Y2k6dG9rZW4="}, {}],
 )
 def test_wrong_or_missing_token_is_refused(headers):
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(delivery(headers), ENDPOINT)
+    assert_refused(SOURCE, delivery(headers), ENDPOINT)
 
 
 def test_secret_in_the_url_is_not_accepted():
-    url_only = Delivery(
-        headers=Headers(), body=b"{}", query={"token": "ci-token-0f3a"}, path_secret="ci-token-0f3a"
-    )
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(url_only, ENDPOINT)
+    url_only = make_delivery(b"{}", query={"token": "ci-token-0f3a"}, path_secret="ci-token-0f3a")
+    assert_refused(SOURCE, url_only, ENDPOINT)
 
 
 def test_no_secret_refuses_unless_insecure():
-    with pytest.raises(AuthError, match="no secret"):
-        SOURCE.authenticate(delivery({}), Endpoint(name="generic", source="generic"))
-    SOURCE.authenticate(delivery({}), Endpoint(name="generic", source="generic", insecure=True))
+    assert_no_secret_refuses_unless_insecure(SOURCE, delivery({}))

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from werkzeug.datastructures import Headers
 
-from webhook.auth import AuthError
+from tests.unit.sources_support import (
+    Samples,
+    assert_no_secret_refuses_unless_insecure,
+    assert_refused,
+    make_delivery,
+    tuples,
+)
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import PayloadError, get_source
 from webhook.sources.harbor import SOURCE, parse
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "harbor"
+SAMPLES = Samples("harbor")
 ALPINE_DIGEST = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4"
-
-
-def load(name: str) -> bytes:
-    return (PAYLOADS / name).read_bytes()
-
-
-def tuples(result) -> list[tuple[str, str, str, str | None]]:
-    return [(e.registry, e.repository, e.tag, e.digest) for e in result.events]
 
 
 def test_registered_with_header_token_and_payload_host():
@@ -31,7 +28,7 @@ def test_registered_with_header_token_and_payload_host():
 
 
 def test_tagged_default_push_sample():
-    result = parse(Headers(), load("harbor-push-artifact-tagged.json"))
+    result = parse(Headers(), SAMPLES.read("harbor-push-artifact-tagged.json"))
     assert tuples(result) == [
         (
             "hub.harbor.com",
@@ -46,7 +43,7 @@ def test_tagged_default_push_sample():
 
 
 def test_harbor_v1_push_image_capture():
-    result = parse(Headers(), load("harbor-v1-pushImage-flux-recv.json"))
+    result = parse(Headers(), SAMPLES.read("harbor-v1-pushImage-flux-recv.json"))
     assert tuples(result) == [
         (
             "demo.goharbor.io",
@@ -59,13 +56,13 @@ def test_harbor_v1_push_image_capture():
 
 def test_untagged_default_push_is_ignored():
     # The doc's "Artifact pushed" sample was pushed by digest: its tag is the digest itself.
-    result = parse(Headers(), load("harbor-push-artifact.json"))
+    result = parse(Headers(), SAMPLES.read("harbor-push-artifact.json"))
     assert result.events == []
     assert result.ignored == 1
 
 
 def test_untagged_cloudevents_push_is_ignored_and_keeps_the_event_id():
-    result = parse(Headers(), load("harbor-push-artifact-cloudevents.json"))
+    result = parse(Headers(), SAMPLES.read("harbor-push-artifact-cloudevents.json"))
     assert result.events == []
     assert result.ignored == 1
     assert result.delivery == "66e18103-09c1-41f6-982f-37df223f3eeb"
@@ -73,7 +70,7 @@ def test_untagged_cloudevents_push_is_ignored_and_keeps_the_event_id():
 
 def test_tagged_cloudevents_push():
     # The CloudEvents doc sample is untagged; tag it the way Harbor does for a push by tag.
-    payload = json.loads(load("harbor-push-artifact-cloudevents.json"))
+    payload = SAMPLES.json("harbor-push-artifact-cloudevents.json")
     payload["data"]["resources"][0]["tag"] = "3.18"
     payload["data"]["resources"][0]["resource_url"] = "localhost/harbor/alpine:3.18"
     result = parse(Headers(), json.dumps(payload).encode())
@@ -95,7 +92,7 @@ def test_tagged_cloudevents_push():
     ],
 )
 def test_pull_delete_and_scan_samples_are_ignored(name, delivery):
-    result = parse(Headers(), load(name))
+    result = parse(Headers(), SAMPLES.read(name))
     assert result.events == []
     assert result.ignored == 1
     assert result.delivery == delivery
@@ -110,11 +107,11 @@ def test_pull_delete_and_scan_samples_are_ignored(name, delivery):
 )
 def test_verbatim_invalid_doc_samples_are_refused(name):
     with pytest.raises(PayloadError, match="not valid JSON"):
-        parse(Headers(), load(name))
+        parse(Headers(), SAMPLES.read(name))
 
 
 def test_multi_arch_push_keeps_only_the_tagged_resource():
-    payload = json.loads(load("harbor-push-artifact-tagged.json"))
+    payload = SAMPLES.json("harbor-push-artifact-tagged.json")
     tagged = payload["event_data"]["resources"][0]
     platform = {
         "digest": ALPINE_DIGEST,
@@ -128,7 +125,7 @@ def test_multi_arch_push_keeps_only_the_tagged_resource():
 
 
 def test_registry_host_keeps_its_port():
-    payload = json.loads(load("harbor-push-artifact-tagged.json"))
+    payload = SAMPLES.json("harbor-push-artifact-tagged.json")
     payload["event_data"]["resources"][0]["resource_url"] = (
         "harbor.example.com:8443/test-webhook/debian:latest"
     )
@@ -137,7 +134,7 @@ def test_registry_host_keeps_its_port():
 
 
 def test_malformed_digest_is_dropped_not_refused():
-    payload = json.loads(load("harbor-push-artifact-tagged.json"))
+    payload = SAMPLES.json("harbor-push-artifact-tagged.json")
     payload["event_data"]["resources"][0]["digest"] = "sha256:abc..."
     result = parse(Headers(), json.dumps(payload).encode())
     assert tuples(result) == [("hub.harbor.com", "test-webhook/debian", "latest", None)]
@@ -157,14 +154,14 @@ def test_malformed_digest_is_dropped_not_refused():
     ],
 )
 def test_malformed_bodies_name_the_field(mutate, field):
-    payload = json.loads(load("harbor-push-artifact-tagged.json"))
+    payload = SAMPLES.json("harbor-push-artifact-tagged.json")
     mutate(payload)
     with pytest.raises(PayloadError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse(Headers(), json.dumps(payload).encode())
 
 
 def test_missing_cloudevents_data_names_the_field():
-    payload = json.loads(load("harbor-push-artifact-cloudevents.json"))
+    payload = SAMPLES.json("harbor-push-artifact-cloudevents.json")
     del payload["data"]
     with pytest.raises(PayloadError, match="'data'"):
         parse(Headers(), json.dumps(payload).encode())
@@ -177,7 +174,7 @@ def test_non_object_bodies_are_refused(body):
 
 
 def test_bad_repository_name_is_refused():
-    payload = json.loads(load("harbor-push-artifact-tagged.json"))
+    payload = SAMPLES.json("harbor-push-artifact-tagged.json")
     payload["event_data"]["repository"]["repo_full_name"] = "Test Webhook/Debian"
     with pytest.raises(PayloadError, match=r"resources\[0\]"):
         parse(Headers(), json.dumps(payload).encode())
@@ -187,9 +184,7 @@ def test_bad_repository_name_is_refused():
 
 
 def delivery(headers: dict[str, str]) -> Delivery:
-    return Delivery(
-        headers=Headers(headers), body=load("harbor-push-artifact-tagged.json"), query={}
-    )
+    return make_delivery(SAMPLES.read("harbor-push-artifact-tagged.json"), headers)
 
 
 ENDPOINT = Endpoint(name="harbor", source="harbor", secret="s3cret-token")
@@ -202,18 +197,14 @@ def test_right_token_passes(value):
 
 @pytest.mark.parametrize("headers", [{"Authorization": "Bearer wrong"}, {}, {"X-Other": "s3cret"}])
 def test_wrong_or_missing_token_is_refused(headers):
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(delivery(headers), ENDPOINT)
+    assert_refused(SOURCE, delivery(headers), ENDPOINT)
 
 
 def test_configured_header_overrides_authorization():
     endpoint = Endpoint(name="harbor", source="harbor", secret="s3cret-token", header="X-Harbor")
     SOURCE.authenticate(delivery({"X-Harbor": "s3cret-token"}), endpoint)
-    with pytest.raises(AuthError):
-        SOURCE.authenticate(delivery({"Authorization": "Bearer s3cret-token"}), endpoint)
+    assert_refused(SOURCE, delivery({"Authorization": "Bearer s3cret-token"}), endpoint)
 
 
 def test_no_secret_refuses_unless_insecure():
-    with pytest.raises(AuthError, match="no secret"):
-        SOURCE.authenticate(delivery({}), Endpoint(name="harbor", source="harbor"))
-    SOURCE.authenticate(delivery({}), Endpoint(name="harbor", source="harbor", insecure=True))
+    assert_no_secret_refuses_unless_insecure(SOURCE, delivery({}))

@@ -5,7 +5,7 @@ import pytest
 from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.events import make_event
 from workers.report import UpdateState
-from workers.update import Updater, UpdateOptions
+from workers.update import UpdateOptions, Updater
 
 REF = "registry.example.com/app:1.2"
 V1, V2, V3 = "1" * 64, "2" * 64, "3" * 64

@@ -8,9 +8,10 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from webhook.auth import Authenticator
-from workers.events import DIGEST_PATTERN, PushEvent
+from workers.events import DIGEST_PATTERN, EventError, PushEvent, make_event
 
 
 class PayloadError(ValueError):
@@ -100,6 +101,46 @@ def load_json(body: bytes) -> Any:
         raise PayloadError(f"body is not valid JSON: {error}") from None
 
 
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a JSON body that must be an object. Raises PayloadError when it is not."""
+    payload = load_json(body)
+    if not isinstance(payload, dict):
+        raise PayloadError("body must be a JSON object")
+    return payload
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def json_payload(headers: Mapping[str, str], body: bytes) -> bytes:
+    """The JSON of a delivery: the body itself, or the ``payload`` field of a form-encoded body.
+
+    GitHub and Gitea hooks set to the form content type post ``payload=<url-encoded JSON>``. A
+    body is read as a form when its Content-Type says so or when it starts with ``payload=``,
+    which no JSON body can. Raises PayloadError when a form body is not UTF-8 url-encoded or has
+    no single ``payload`` field.
+    """
+    content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if content_type != FORM_TYPE and not body.startswith(b"payload="):
+        return body
+    try:
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise PayloadError(f"form body is not UTF-8 url-encoded: {error}") from None
+    values = form.get("payload", [])
+    if len(values) != 1:
+        raise PayloadError("form body must have exactly one field 'payload'")
+    return values[0].encode("utf-8")
+
+
+def load_json_or_form(headers: Mapping[str, str], body: bytes) -> Any:
+    """Decode a JSON body, or the JSON in the ``payload`` field of a form-encoded one.
+
+    Raises PayloadError when the body is neither, or when the form has no single ``payload``.
+    """
+    return load_json(json_payload(headers, body))
+
+
 def clean_digest(value: Any) -> str | None:
     """A manifest digest as ``algorithm:hex``, or None when the sender gave none or a malformed one.
 
@@ -132,3 +173,26 @@ def require_str(mapping: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise PayloadError(f"field {path!r} must be a non-empty string")
     return value
+
+
+def build_event(
+    where: str,
+    registry: str,
+    repository: str,
+    tag: str,
+    digest: Any,
+    *,
+    source: str,
+    delivery: str | None = None,
+) -> PushEvent:
+    """The PushEvent for these parts, with the digest passed through ``clean_digest``.
+
+    ``where`` says which part of the body the parts came from (``events[0]``, ``field 'image'``).
+    Raises PayloadError, prefixed with ``where``, when the parts do not form a valid reference.
+    """
+    try:
+        return make_event(
+            registry, repository, tag, clean_digest(digest), source=source, delivery=delivery
+        )
+    except EventError as error:
+        raise PayloadError(f"{where}: {error}") from None

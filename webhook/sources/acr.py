@@ -19,15 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.auth import any_of, header_token, url_secret
-from webhook.sources import (
-    ParseResult,
-    PayloadError,
-    Source,
-    clean_digest,
-    load_json,
-    register,
-)
-from workers.events import EventError, PushEvent, make_event
+from webhook.sources import ParseResult, PayloadError, Source, build_event, load_json, register
+from workers.events import PushEvent
 
 # The header podhook reads the secret from unless the endpoint's ``header`` names another one.
 DEFAULT_HEADER = "Authorization"
@@ -74,17 +67,15 @@ def _push_event(native: Any, prefix: str, delivery: str | None) -> PushEvent | N
     host = _text(request, "host") if isinstance(request, dict) else None
     if host is None:
         raise PayloadError(f"missing field '{prefix}request.host'")
-    try:
-        return make_event(
-            host,
-            repository,
-            tag,
-            clean_digest(target.get("digest")),
-            source="acr",
-            delivery=delivery,
-        )
-    except EventError as error:
-        raise PayloadError(f"{prefix.rstrip('.') or 'body'}: {error}") from None
+    return build_event(
+        prefix.rstrip(".") or "body",
+        host,
+        repository,
+        tag,
+        target.get("digest"),
+        source="acr",
+        delivery=delivery,
+    )
 
 
 def _parse_grid_events(items: list[Any]) -> ParseResult:

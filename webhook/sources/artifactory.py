@@ -23,13 +23,12 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
-    load_json,
+    build_event,
+    load_json_object,
     register,
     require,
     require_str,
 )
-from workers.events import EventError, make_event
 
 
 def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
@@ -39,9 +38,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     counted as ignored. The registry is left as UNKNOWN_REGISTRY for the endpoint to fill in.
     Raises PayloadError naming the field when the body is not a webhook event.
     """
-    event = load_json(body)
-    if not isinstance(event, dict):
-        raise PayloadError("body must be a JSON object")
+    event = load_json_object(body)
     domain = require_str(event, "domain")
     event_type = require_str(event, "event_type")
     if domain != "docker" or event_type != "pushed":
@@ -55,16 +52,14 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     if not isinstance(tag, str):
         raise PayloadError("field 'data.tag' must be a string")
     checksum = data.get("sha256")
-    try:
-        push = make_event(
-            UNKNOWN_REGISTRY,
-            require_str(event, "data.image_name"),
-            tag,
-            clean_digest(f"sha256:{checksum}") if isinstance(checksum, str) else None,
-            source="artifactory",
-        )
-    except EventError as error:
-        raise PayloadError(f"data: {error}") from None
+    push = build_event(
+        "data",
+        UNKNOWN_REGISTRY,
+        require_str(event, "data.image_name"),
+        tag,
+        f"sha256:{checksum}" if isinstance(checksum, str) else None,
+        source="artifactory",
+    )
     return ParseResult(events=[push])
 
 

@@ -18,12 +18,12 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
+    build_event,
     load_json,
     register,
     require,
 )
-from workers.events import EventError, PushEvent, make_event
+from workers.events import PushEvent
 
 MANIFEST_MEDIA_TYPES = frozenset(
     {
@@ -81,19 +81,17 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
             continue
         if not isinstance(target.get("repository"), str) or not target["repository"]:
             raise PayloadError(f"missing field 'events[{index}].target.repository'")
-        try:
-            pushes.append(
-                make_event(
-                    _registry_host(event, index),
-                    target["repository"],
-                    tag,
-                    clean_digest(target.get("digest")),
-                    source="distribution",
-                    delivery=event.get("id") if isinstance(event.get("id"), str) else None,
-                )
+        pushes.append(
+            build_event(
+                f"events[{index}]",
+                _registry_host(event, index),
+                target["repository"],
+                tag,
+                target.get("digest"),
+                source="distribution",
+                delivery=event.get("id") if isinstance(event.get("id"), str) else None,
             )
-        except EventError as error:
-            raise PayloadError(f"events[{index}]: {error}") from None
+        )
     return ParseResult(events=pushes, ignored=ignored)
 
 

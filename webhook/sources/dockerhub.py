@@ -11,8 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from webhook.auth import url_secret
-from webhook.sources import ParseResult, PayloadError, Source, load_json, register, require_str
-from workers.events import EventError, make_event
+from webhook.sources import (
+    ParseResult,
+    Source,
+    build_event,
+    load_json_object,
+    register,
+    require_str,
+)
 from workers.reference import DEFAULT_REGISTRY
 
 
@@ -23,15 +29,11 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     (docker/hub-feedback#2148); each yields the same event. Raises PayloadError naming the field
     when the body is not a Docker Hub push.
     """
-    payload = load_json(body)
-    if not isinstance(payload, dict):
-        raise PayloadError("body must be a JSON object")
+    payload = load_json_object(body)
     repository = require_str(payload, "repository.repo_name")
     tag = require_str(payload, "push_data.tag")
-    try:
-        event = make_event(DEFAULT_REGISTRY, repository, tag, None, source="dockerhub")
-    except EventError as error:
-        raise PayloadError(f"repository.repo_name/push_data.tag: {error}") from None
+    where = "repository.repo_name/push_data.tag"
+    event = build_event(where, DEFAULT_REGISTRY, repository, tag, None, source="dockerhub")
     return ParseResult(events=[event])
 
 

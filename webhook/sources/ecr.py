@@ -17,13 +17,12 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
+    build_event,
     load_json,
     register,
     require,
     require_str,
 )
-from workers.events import EventError, make_event
 
 # The header podhook reads the secret from unless the endpoint's ``header`` names another one;
 # it is the API destination connection's ``ApiKeyName``.
@@ -70,17 +69,15 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     if not isinstance(tag, str):
         raise PayloadError("field 'detail.image-tag' must be a string")
     host = registry_host(require_str(event, "account"), require_str(event, "region"))
-    try:
-        push = make_event(
-            host,
-            require_str(event, "detail.repository-name"),
-            tag,
-            clean_digest(detail.get("image-digest")),
-            source="ecr",
-            delivery=delivery,
-        )
-    except EventError as error:
-        raise PayloadError(f"detail: {error}") from None
+    push = build_event(
+        "detail",
+        host,
+        require_str(event, "detail.repository-name"),
+        tag,
+        detail.get("image-digest"),
+        source="ecr",
+        delivery=delivery,
+    )
     return ParseResult(events=[push], delivery=delivery)
 
 

@@ -20,13 +20,13 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
+    build_event,
     load_json,
+    load_json_object,
     register,
     require,
     require_str,
 )
-from workers.events import EventError, make_event
 from workers.reference import InvalidReferenceError, parse_reference
 
 MESSAGE_ID_HEADER = "x-goog-pubsub-message-id"
@@ -46,10 +46,8 @@ def _decode_data(message: Mapping[str, Any]) -> Any:
         raise PayloadError(f"field 'message.data': {error}") from None
 
 
-def _unwrap(headers: Mapping[str, str], payload: Any) -> tuple[Any, str | None]:
+def _unwrap(headers: Mapping[str, str], payload: dict[str, Any]) -> tuple[Any, str | None]:
     """The decoded message data and the message id, from a wrapped or unwrapped push."""
-    if not isinstance(payload, dict):
-        raise PayloadError("body must be a JSON object")
     if "message" not in payload:
         return payload, headers.get(MESSAGE_ID_HEADER) or None
     message = require(payload, "message")
@@ -67,7 +65,7 @@ def _digest_of(value: Any, name: str) -> str | None:
     if not isinstance(value, str) or "@" not in value:
         return None
     digest_name, _, digest = value.partition("@")
-    return clean_digest(digest) if digest_name == name else None
+    return digest if digest_name == name else None
 
 
 def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
@@ -77,7 +75,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     reference. DELETEs and digest-only INSERTs (untagged manifests) are counted as ignored.
     Raises PayloadError naming the field when the body or message data cannot be read.
     """
-    data, delivery = _unwrap(headers, load_json(body))
+    data, delivery = _unwrap(headers, load_json_object(body))
     if not isinstance(data, dict):
         raise PayloadError("message data must be a JSON object")
     action = require_str(data, "action")
@@ -91,18 +89,19 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         raise PayloadError(f"field 'tag' is not a <host>/<path>:<tag> reference: {tag_ref!r}")
     try:
         ref = parse_reference(tag_ref)
-        if not ref.fully_qualified:
-            raise EventError(f"{tag_ref!r} names no registry host")
-        push = make_event(
-            ref.registry,
-            ref.repository,
-            tag,
-            _digest_of(data.get("digest"), name),
-            source="gar",
-            delivery=delivery,
-        )
-    except (InvalidReferenceError, EventError) as error:
+    except InvalidReferenceError as error:
         raise PayloadError(f"field 'tag': {error}") from None
+    if not ref.fully_qualified:
+        raise PayloadError(f"field 'tag': {tag_ref!r} names no registry host")
+    push = build_event(
+        "field 'tag'",
+        ref.registry,
+        ref.repository,
+        tag,
+        _digest_of(data.get("digest"), name),
+        source="gar",
+        delivery=delivery,
+    )
     return ParseResult(events=[push], delivery=delivery)
 
 

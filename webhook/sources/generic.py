@@ -15,12 +15,12 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
+    build_event,
     clean_digest,
-    load_json,
+    load_json_object,
     register,
     require_str,
 )
-from workers.events import EventError, make_event
 from workers.reference import InvalidReferenceError, parse_reference
 
 # Diun notifies "new" (an image it had not seen, when watch.firstCheckNotif is on) and "update"
@@ -49,9 +49,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     than ``new`` and ``update`` count as one ignored event. Raises PayloadError naming the field
     for a missing or unqualified image, an image pinned by digest alone, or a malformed digest.
     """
-    payload = load_json(body)
-    if not isinstance(payload, dict):
-        raise PayloadError("body must be a JSON object")
+    payload = load_json_object(body)
     if "diun_version" in payload and payload.get("status") not in DIUN_PUSH_STATUSES:
         return ParseResult(ignored=1)
     image = require_str(payload, "image")
@@ -69,10 +67,9 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
             f"field 'image' ({image!r}) is pinned by digest only; name the tag that was pushed"
         )
     digest = _digest(payload, ref.digest)
-    try:
-        event = make_event(ref.registry, ref.repository, ref.tag, digest, source="generic")
-    except EventError as error:
-        raise PayloadError(f"field 'image': {error}") from None
+    event = build_event(
+        "field 'image'", ref.registry, ref.repository, ref.tag, digest, source="generic"
+    )
     return ParseResult(events=[event])
 
 

@@ -10,14 +10,21 @@ the JSON payload, even when the hook sends it form-encoded.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from webhook.auth import AuthError, hmac_signature
-from webhook.endpoints import Delivery, Endpoint
-from webhook.sources import ParseResult, PayloadError, Source, load_json, register, require_str
-from workers.events import EventError, make_event
+from webhook.auth import hmac_signature
+from webhook.endpoints import Delivery
+from webhook.sources import (
+    ParseResult,
+    PayloadError,
+    Source,
+    build_event,
+    json_payload,
+    load_json_or_form,
+    register,
+    require_str,
+)
 
 # Gitea sends its own, Gogs' and GitHub's header names; Forgejo adds X-Forgejo-* with the same
 # values (services/webhook/deliver.go).
@@ -28,47 +35,11 @@ DELIVERY_HEADERS = (
     "X-Gogs-Delivery",
     "X-GitHub-Delivery",
 )
-FORM_TYPE = "application/x-www-form-urlencoded"
-
-_check_signature = hmac_signature(
-    [("X-Gitea-Signature", ""), ("X-Forgejo-Signature", ""), ("X-Hub-Signature-256", "sha256=")]
+SIGNATURE_HEADERS = (
+    ("X-Gitea-Signature", ""),
+    ("X-Forgejo-Signature", ""),
+    ("X-Hub-Signature-256", "sha256="),
 )
-
-
-def _is_form(headers: Mapping[str, str]) -> bool:
-    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == FORM_TYPE
-
-
-def _json_bytes(headers: Mapping[str, str], body: bytes) -> bytes:
-    """The JSON payload of a delivery: the body, or the ``payload`` field of a form body."""
-    if not _is_form(headers):
-        return body
-    try:
-        form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PayloadError(f"form body is not UTF-8 url-encoded: {error}") from None
-    values = form.get("payload", [])
-    if len(values) != 1:
-        raise PayloadError("form body must have exactly one field 'payload'")
-    return values[0].encode("utf-8")
-
-
-def authenticate(delivery: Delivery, endpoint: Endpoint) -> None:
-    """Check the Gitea/Forgejo HMAC-SHA256 signature of a delivery under the endpoint's secret.
-
-    For a form-encoded delivery the signature covers the ``payload`` field, not the raw body
-    (deliver.go signs ``t.PayloadContent``), so that field is what is checked. Raises AuthError
-    when the signature is missing or wrong, or when no secret is set and the endpoint is not
-    insecure.
-    """
-    if endpoint.secret and _is_form(delivery.headers):
-        try:
-            delivery = dataclasses.replace(
-                delivery, body=_json_bytes(delivery.headers, delivery.body)
-            )
-        except PayloadError as error:
-            raise AuthError(f"cannot read the signed payload: {error}") from None
-    _check_signature(delivery, endpoint)
 
 
 def _first_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -96,7 +67,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         raise PayloadError("missing header 'X-Gitea-Event' (or 'X-Forgejo-Event')")
     if event_name != "package":
         return ParseResult(ignored=1, delivery=delivery)
-    payload = load_json(_json_bytes(headers, body))
+    payload = load_json_or_form(headers, body)
     action = require_str(payload, "action")
     package_type = require_str(payload, "package.type")
     if action != "created" or package_type != "container":
@@ -112,13 +83,22 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     host = urlsplit(html_url).netloc
     if not host:
         raise PayloadError(f"field 'package.html_url' names no host: {html_url!r}")
-    try:
-        event = make_event(
-            host, f"{owner}/{name}".lower(), version, None, source="gitea", delivery=delivery
-        )
-    except EventError as error:
-        raise PayloadError(f"package: {error}") from None
+    repository = f"{owner}/{name}".lower()
+    event = build_event(
+        "package", host, repository, version, None, source="gitea", delivery=delivery
+    )
     return ParseResult(events=[event], delivery=delivery)
 
 
-SOURCE = register(Source(name="gitea", parse=parse, authenticate=authenticate))
+def _signed_json(delivery: Delivery) -> bytes:
+    # deliver.go signs t.PayloadContent, the JSON, even when it posts it form-encoded.
+    return json_payload(delivery.headers, delivery.body)
+
+
+SOURCE = register(
+    Source(
+        name="gitea",
+        parse=parse,
+        authenticate=hmac_signature(SIGNATURE_HEADERS, signed=_signed_json),
+    )
+)

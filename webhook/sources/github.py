@@ -12,20 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
 
 from webhook.auth import hmac_signature
 from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
+    build_event,
     clean_digest,
-    load_json,
+    load_json_or_form,
     register,
     require,
     require_str,
 )
-from workers.events import EventError, make_event
 
 PACKAGE_EVENTS = frozenset({"registry_package", "package"})
 PUSH_ACTIONS = frozenset({"published", "updated"})
@@ -33,24 +32,6 @@ PUSH_ACTIONS = frozenset({"published", "updated"})
 # docker.pkg.github.com registry used that name too).
 CONTAINER_TYPES = frozenset({"container", "docker"})
 DEFAULT_HOST = "ghcr.io"
-
-
-def _read_payload(headers: Mapping[str, str], body: bytes) -> Any:
-    """Decode a JSON body, or the ``payload`` field of a form-encoded one.
-
-    Raises PayloadError when the body is neither, or when the form has no single ``payload``.
-    """
-    content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded" and not body.startswith(b"payload="):
-        return load_json(body)
-    try:
-        form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PayloadError(f"form body is not UTF-8 url-encoded: {error}") from None
-    values = form.get("payload", [])
-    if len(values) != 1:
-        raise PayloadError("form body must have exactly one field 'payload'")
-    return load_json(values[0].encode("utf-8"))
 
 
 def _is_container(package: Mapping[str, Any]) -> bool:
@@ -89,7 +70,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         raise PayloadError("missing header 'X-GitHub-Event'")
     if event_name not in PACKAGE_EVENTS:
         return ParseResult(ignored=1, delivery=delivery)
-    payload = _read_payload(headers, body)
+    payload = load_json_or_form(headers, body)
     action = require_str(payload, "action")
     package = require(payload, event_name)
     if not isinstance(package, dict):
@@ -108,10 +89,15 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     digest = manifest.get("digest") if isinstance(manifest, dict) else None
     digest = clean_digest(digest) or clean_digest(metadata["tag"].get("digest"))
     registry, repository = _reference(package)
-    try:
-        event = make_event(registry, repository, tag, digest, source="github", delivery=delivery)
-    except EventError as error:
-        raise PayloadError(f"{event_name}.package_version: {error}") from None
+    event = build_event(
+        f"{event_name}.package_version",
+        registry,
+        repository,
+        tag,
+        digest,
+        source="github",
+        delivery=delivery,
+    )
     return ParseResult(events=[event], delivery=delivery)
 
 

@@ -17,13 +17,13 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
-    load_json,
+    build_event,
+    load_json_object,
     register,
     require,
     require_str,
 )
-from workers.events import EventError, PushEvent, make_event
+from workers.events import PushEvent
 
 # Harbor 2.x Default ``type``, its CloudEvents ``type``, and Harbor 1.x's name for the same event
 # (fluxcd/flux-recv test/fixtures/harbor_payload).
@@ -52,9 +52,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     each; untagged resources of a push count one each. ``delivery`` is the CloudEvents ``id``.
     Raises PayloadError naming the field when the body is not a Harbor webhook.
     """
-    payload = load_json(body)
-    if not isinstance(payload, dict):
-        raise PayloadError("body must be a JSON object")
+    payload = load_json_object(body)
     if "specversion" in payload:
         data_key = "data"
         delivery = payload.get("id") if isinstance(payload.get("id"), str) else None
@@ -84,19 +82,10 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         resource_url = resource.get("resource_url")
         if not isinstance(resource_url, str) or not resource_url:
             raise PayloadError(f"missing field '{where}.resource_url'")
-        try:
-            pushes.append(
-                make_event(
-                    _registry_host(resource_url, f"{where}.resource_url"),
-                    repository,
-                    tag,
-                    clean_digest(digest),
-                    source="harbor",
-                    delivery=delivery,
-                )
-            )
-        except EventError as error:
-            raise PayloadError(f"{where}: {error}") from None
+        host = _registry_host(resource_url, f"{where}.resource_url")
+        pushes.append(
+            build_event(where, host, repository, tag, digest, source="harbor", delivery=delivery)
+        )
     return ParseResult(events=pushes, ignored=ignored, delivery=delivery)
 
 

@@ -21,11 +21,11 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    load_json,
+    build_event,
+    load_json_object,
     register,
     require_str,
 )
-from workers.events import EventError, make_event
 
 DELIVERY_HEADER = "X-Nexus-Webhook-Delivery"
 UPDATES = frozenset({"CREATED", "UPDATED"})
@@ -50,9 +50,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     in; the digest is always None. Raises PayloadError naming the field when the body cannot
     be read.
     """
-    event = load_json(body)
-    if not isinstance(event, dict):
-        raise PayloadError("body must be a JSON object")
+    event = load_json_object(body)
     delivery = headers.get(DELIVERY_HEADER) or None
     key = next((k for k in ("component", "asset") if k in event), None)
     if key is None:
@@ -67,10 +65,8 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     if parts is None or ":" in parts[1]:
         # A version or reference with a colon is a digest: a manifest pushed without a tag.
         return ParseResult(ignored=1, delivery=delivery)
-    try:
-        push = make_event(UNKNOWN_REGISTRY, *parts, source="nexus", delivery=delivery)
-    except EventError as error:
-        raise PayloadError(f"{key}: {error}") from None
+    image, tag = parts
+    push = build_event(key, UNKNOWN_REGISTRY, image, tag, None, source="nexus", delivery=delivery)
     return ParseResult(events=[push], delivery=delivery)
 
 

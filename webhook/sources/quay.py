@@ -12,8 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from webhook.auth import url_secret
-from webhook.sources import ParseResult, PayloadError, Source, load_json, register, require_str
-from workers.events import EventError, PushEvent, make_event
+from webhook.sources import (
+    ParseResult,
+    PayloadError,
+    Source,
+    build_event,
+    load_json_object,
+    register,
+    require_str,
+)
 
 
 def _updated_tags(payload: dict) -> list[str]:
@@ -35,9 +42,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     Raises PayloadError naming the field when the body is not a Quay notification, or when
     ``docker_url`` does not name ``repository`` on a host.
     """
-    payload = load_json(body)
-    if not isinstance(payload, dict):
-        raise PayloadError("body must be a JSON object")
+    payload = load_json_object(body)
     repository = require_str(payload, "repository")
     docker_url = require_str(payload, "docker_url")
     if "updated_tags" not in payload:
@@ -56,12 +61,10 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         )
     if not tags:
         return ParseResult(ignored=1)
-    pushes: list[PushEvent] = []
-    for tag in tags:
-        try:
-            pushes.append(make_event(host, repository, tag, None, source="quay"))
-        except EventError as error:
-            raise PayloadError(f"updated_tags {tag!r}: {error}") from None
+    pushes = [
+        build_event(f"updated_tags {tag!r}", host, repository, tag, None, source="quay")
+        for tag in tags
+    ]
     return ParseResult(events=pushes)
 
 

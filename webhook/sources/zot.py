@@ -21,12 +21,11 @@ from webhook.sources import (
     ParseResult,
     PayloadError,
     Source,
-    clean_digest,
+    build_event,
     load_json,
     register,
     require_str,
 )
-from workers.events import EventError, make_event
 
 # Matched as a suffix: zot's ``typePrefix`` setting replaces the ``zotregistry`` namespace.
 IMAGE_UPDATED_SUFFIX = ".image.updated"
@@ -66,17 +65,15 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
         # A digest reference: zot emits one per manifest PUT by digest (README of the samples,
         # imagestore.go), and the tagged index event follows.
         return ParseResult(ignored=1, delivery=delivery)
-    try:
-        push = make_event(
-            UNKNOWN_REGISTRY,
-            name,
-            reference,
-            clean_digest(data.get("digest")),
-            source="zot",
-            delivery=delivery,
-        )
-    except EventError as error:
-        raise PayloadError(f"fields 'name'/'reference': {error}") from None
+    push = build_event(
+        "fields 'name'/'reference'",
+        UNKNOWN_REGISTRY,
+        name,
+        reference,
+        data.get("digest"),
+        source="zot",
+        delivery=delivery,
+    )
     return ParseResult(events=[push], delivery=delivery)
 
 
