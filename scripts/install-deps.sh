@@ -6,14 +6,23 @@
 # Idempotent and quiet: apt runs only for packages that `dpkg -s` says are missing (with one
 # `apt-get update` first), the venv is created only when absent, and pip is skipped when the
 # project's pyproject.toml has not changed since the last successful install into this venv.
-# Usage: scripts/install-deps.sh [--force-pip]
+# Usage: scripts/install-deps.sh [--runtime] [--force-pip]
+#   --runtime: only what running podhook needs (Podman, Redis, D-Bus, PyGObject's build deps),
+#              and the project without its test tools.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
 FORCE_PIP=0
-[[ "${1:-}" == "--force-pip" ]] && FORCE_PIP=1
+RUNTIME_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --force-pip) FORCE_PIP=1 ;;
+        --runtime) RUNTIME_ONLY=1 ;;
+        *) echo "usage: $0 [--runtime] [--force-pip]" >&2; exit 2 ;;
+    esac
+done
 
 APT_PACKAGES=(
     podman runc conmon catatonit skopeo uidmap    # containers (crun is refused on hybrid cgroups)
@@ -23,6 +32,18 @@ APT_PACKAGES=(
     busybox-static                                # root filesystem of the test images
     libgirepository1.0-dev libcairo2-dev pkg-config gcc   # PyGObject<3.51 builds from source
 )
+
+RUNTIME_PACKAGES=(
+    podman runc conmon catatonit uidmap dbus redis-server
+    libgirepository1.0-dev libcairo2-dev pkg-config gcc
+)
+EXTRA="[test]"
+IMPORTS="webhook, workers, gi, pydbus, podman, rq, pytest"
+if ((RUNTIME_ONLY)); then
+    APT_PACKAGES=("${RUNTIME_PACKAGES[@]}")
+    EXTRA=""
+    IMPORTS="webhook, workers, gi, pydbus, podman, rq"
+fi
 
 log() { printf 'install-deps: %s\n' "$*"; }
 
@@ -60,12 +81,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 stamp="$VENV/.podhook-install-stamp"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)$EXTRA"
 if ((FORCE_PIP)) || [[ ! -f $stamp ]] || [[ "$(cat "$stamp")" != "$want" ]] \
-    || ! "$VENV/bin/python" -c 'import webhook, workers, gi, pydbus, podman, rq, pytest' 2>/dev/null; then
-    log "pip install -e '.[test]'"
+    || ! "$VENV/bin/python" -c "import $IMPORTS" 2>/dev/null; then
+    log "pip install -e '.$EXTRA'"
     pip_log="$(mktemp)"
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]" \
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$EXTRA" \
         >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         rm -f "$pip_log"
