@@ -39,6 +39,7 @@ class Settings:
 
     redis_url: str | None = None
     webhook_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     insecure: bool = False
     podman_url: str = field(default_factory=_default_podman_url)
     systemd_bus: str = field(default_factory=lambda: "system" if os.geteuid() == 0 else "user")
