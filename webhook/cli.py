@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -153,24 +154,59 @@ def _redis(settings: Settings) -> Any:
     return redis_from_settings(settings)
 
 
+JOB_STATES = ["queued", "started", "scheduled", "finished", "failed"]
+
+
+def parse_since(text: str) -> datetime:
+    """A point in time from ``30m``, ``2h``, ``7d`` (that long ago) or an ISO 8601 timestamp.
+
+    Raises click.BadParameter for anything else.
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    if text[:-1].isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (30m, 2h, 7d) nor an ISO 8601 time",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @main.group(invoke_without_command=True)
 @click.option("--host", help="Only jobs of this host.")
-@click.option(
-    "--state", type=click.Choice(["queued", "started", "scheduled", "finished", "failed"])
-)
+@click.option("--state", type=click.Choice(JOB_STATES))
+@click.option("--image", help="Only pushes whose reference contains this text (app:1.2).")
+@click.option("--since", help="Only jobs queued since then: 30m, 2h, 7d or an ISO 8601 time.")
 @click.option("--limit", type=int, default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def jobs(
-    ctx: click.Context, host: str | None, state: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    host: str | None,
+    state: str | None,
+    image: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List recent jobs of every host, newest first, with their outcome."""
+    """List recent jobs of every host, newest first, with their outcome.
+
+    Subcommands show, retry and cancel act on single jobs.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from workers.joblog import list_jobs
 
     settings = _settings()
-    records = _with_redis(settings, lambda r: list_jobs(r, host=host, state=state, limit=limit))
+    since_time = parse_since(since) if since else None
+    records = _with_redis(
+        settings,
+        lambda r: list_jobs(r, host=host, state=state, image=image, since=since_time, limit=limit),
+    )
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -179,21 +215,22 @@ def jobs(
         return
     rows = [("JOB", "HOST", "STATE", "IMAGE", "DIGEST", "ENQUEUED", "OUTCOME")]
     for record in records:
-        digest = (record.event.get("digest") or "-")[:19]
-        event = record.event
-        reference = f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
         rows.append(
             (
                 record.id,
                 record.host,
                 record.state,
-                reference,
-                digest,
+                _reference(record.event),
+                (record.event.get("digest") or "-")[:19],
                 record.enqueued_at.strftime("%Y-%m-%d %H:%M:%S") if record.enqueued_at else "-",
                 _outcome(record),
             )
         )
     _print_table(rows)
+
+
+def _reference(event: dict[str, Any]) -> str:
+    return f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
 
 
 def _outcome(record: Any) -> str:
@@ -212,7 +249,7 @@ def _outcome(record: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def jobs_show(job_id: str, as_json: bool) -> None:
     """Show one job: its push, its state and the per-container report."""
-    from workers.joblog import get_job
+    from workers.joblog import find_delivery, get_job
 
     settings = _settings()
     record = _with_redis(settings, lambda r: get_job(r, job_id))
@@ -223,12 +260,23 @@ def jobs_show(job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(record.to_dict(), indent=2))
         return
     event = record.event
+    delivery = _with_redis(settings, lambda r: find_delivery(r, job_id))
     click.echo(f"job       {record.id}")
     click.echo(f"host      {record.host}")
     click.echo(f"state     {record.state}")
-    click.echo(f"push      {event.get('registry')}/{event.get('repository')}:{event.get('tag')}")
+    click.echo(f"push      {_reference(event)}")
     click.echo(f"digest    {event.get('digest') or '(not given by the sender)'}")
     click.echo(f"source    {event.get('source') or '-'} delivery {event.get('delivery') or '-'}")
+    if delivery:
+        click.echo(
+            f"received  {_clock(delivery.get('received_at'))} at endpoint "
+            f"{delivery.get('endpoint')}, queued {_clock(delivery.get('queued_at'))}"
+        )
+    if record.report:
+        click.echo(
+            f"ran       {_clock(record.report.get('started_at'))} to "
+            f"{_clock(record.report.get('finished_at'))}"
+        )
     if record.error:
         click.echo(f"error     {record.error}")
     containers = (record.report or {}).get("containers", [])
@@ -237,8 +285,9 @@ def jobs_show(job_id: str, as_json: bool) -> None:
             "no containers of this host run that image" if record.report else "no report yet"
         )
         return
-    rows = [("CONTAINER", "UNIT", "STATE", "OLD", "NEW", "REASON")]
+    rows = [("CONTAINER", "UNIT", "STATE", "OLD", "NEW", "TIMINGS", "REASON")]
     for row in containers:
+        timings = " ".join(f"{step}+{sec:.1f}s" for step, sec in row.get("timings", {}).items())
         rows.append(
             (
                 row["container_name"],
@@ -246,10 +295,57 @@ def jobs_show(job_id: str, as_json: bool) -> None:
                 row["state"],
                 (row.get("old_image") or "-")[:12],
                 (row.get("new_image") or "-")[:12],
+                timings or "-",
                 row["reason"],
             )
         )
     _print_table(rows)
+
+
+def _clock(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+@jobs.command("retry")
+@click.argument("job_id", required=False)
+@click.option("--all-failed", is_flag=True, help="Retry every failed job (of --host, or all).")
+@click.option("--host", help="With --all-failed: only this host's failed jobs.")
+def jobs_retry(job_id: str | None, all_failed: bool, host: str | None) -> None:
+    """Queue a failed job again (or, with --all-failed, every failed job)."""
+    from workers.joblog import JobActionError, retry_failed, retry_job
+
+    if bool(job_id) == all_failed:
+        raise click.UsageError("give a JOB_ID or --all-failed")
+    settings = _settings()
+    if all_failed:
+        retried = _with_redis(settings, lambda r: retry_failed(r, host))
+        click.echo(f"retried {len(retried)} failed job(s)")
+        for retried_id in retried:
+            click.echo(f"  {retried_id}")
+        return
+    try:
+        record = _with_redis(settings, lambda r: retry_job(r, job_id))
+    except JobActionError as error:
+        click.echo(f"podhook: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"job {record.id} is {record.state} again on host {record.host}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job that is still waiting (queued or scheduled for a retry)."""
+    from workers.joblog import JobActionError, cancel_job
+
+    settings = _settings()
+    try:
+        record = _with_redis(settings, lambda r: cancel_job(r, job_id))
+    except JobActionError as error:
+        click.echo(f"podhook: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"job {record.id} is {record.state}")
 
 
 @main.command()

@@ -12,6 +12,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from workers import audit
 from workers.queueing import get_hosts, get_queue
 
 STATES = ("queued", "started", "scheduled", "finished", "failed")
@@ -160,6 +161,14 @@ def cancel_job(redis: Redis, job_id: str) -> JobRecord:
         raise JobActionError(f"job {job_id} is {state}; only waiting jobs can be cancelled")
     job.cancel()
     return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
+
+
+def find_delivery(redis: Redis, job_id: str) -> dict[str, Any] | None:
+    """The audit entry of the delivery that queued ``job_id``, or None when it has expired."""
+    for entry in audit.read(redis, kind="delivery", limit=audit.AUDIT_MAX_ENTRIES):
+        if any(job.get("job") == job_id for job in entry.data.get("jobs", [])):
+            return entry.data
+    return None
 
 
 def get_job(redis: Redis, job_id: str) -> JobRecord | None:
