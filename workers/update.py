@@ -89,8 +89,16 @@ class Updater:
             elif member_or_row is not None:
                 assert container.unit is not None
                 by_unit[container.unit].append(member_or_row)
-        for unit, members in sorted(by_unit.items()):
+        for unit in sorted(by_unit):
             with self.locks.hold(unit):
+                # Another worker may have restarted this unit while we waited for the lock:
+                # decide on the containers as they are now, not as they were listed.
+                members = [
+                    member
+                    for container in self.runtime.list_autoupdate_containers()
+                    if container.unit == unit
+                    and isinstance(member := self._classify(container, event), _Member)
+                ]
                 self._update_unit(unit, members, event, started, outcome)
         return outcome
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 from typing import Any
 
 from redis import Redis
@@ -70,18 +72,25 @@ def run_pool(settings: Settings, processes: int, *, burst: bool = False) -> None
     """Run ``processes`` workers for this host side by side and wait for them all.
 
     Every worker takes jobs from the same host queue; the per-unit lock keeps two of them from
-    restarting one unit at once.
+    restarting one unit at once. SIGTERM is passed on to the workers, which finish their
+    current job first (RQ's warm shutdown); Ctrl-C reaches them from the terminal directly.
     """
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=run_worker, args=(settings,), kwargs={"burst": burst}, daemon=False)
+        context.Process(target=run_worker, args=(settings,), kwargs={"burst": burst})
         for _ in range(processes)
     ]
     for child in children:
         child.start()
-    try:
+
+    def forward(signum: int, _frame: object) -> None:
         for child in children:
-            child.join()
-    except KeyboardInterrupt:
-        for child in children:
-            child.join(timeout=30)
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    # A second SIGINT would turn the workers' warm shutdown into a cold one: the terminal
+    # already sends Ctrl-C to every process of the group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for child in children:
+        child.join()

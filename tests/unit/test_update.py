@@ -170,3 +170,20 @@ def test_failed_pull_is_failed_and_transient(runtime):
     assert states(outcome) == {"web": UpdateState.FAILED}
     assert outcome.transient and "connection refused" in outcome.transient[0]
     assert units.restarts == []
+
+
+def test_decides_on_containers_as_they_are_once_the_unit_lock_is_held(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, units = make_updater(runtime)
+
+    class UpdatedWhileWaiting(FakeLocks):
+        def hold(self, unit):
+            # Another worker updated the unit while this one waited for the lock.
+            runtime.tags[REF] = V2
+            runtime.recreate_unit(unit)
+            return super().hold(unit)
+
+    updater.locks = UpdatedWhileWaiting()
+    outcome = updater.apply(push())
+    assert states(outcome) == {"web": UpdateState.UNCHANGED}
+    assert runtime.pulls == [] and units.restarts == []

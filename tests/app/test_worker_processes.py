@@ -1,0 +1,66 @@
+"""`podhook worker --processes N`: N workers on the host queue, all stopped by one SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rq import Worker
+
+from workers.queueing import get_hosts, get_queue
+
+
+def test_pool_starts_n_workers_and_stops_them_on_sigterm(redis, redis_url, tmp_path):
+    env = {
+        **os.environ,
+        "PODHOOK_REDIS_URL": redis_url,
+        "PODHOOK_HOST_ID": "pool-test",
+        "PODHOOK_PODMAN_URL": f"unix://{tmp_path}/absent.sock",
+    }
+    podhook = str(Path(sys.executable).parent / "podhook")
+    parent = subprocess.Popen(
+        [podhook, "worker", "--processes", "3"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    queue = get_queue(redis, "pool-test")
+    try:
+        deadline = time.monotonic() + 30
+        while Worker.count(connection=redis, queue=queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert Worker.count(connection=redis, queue=queue) == 3
+        assert "pool-test" in get_hosts(redis)
+        children = {w.pid for w in Worker.all(connection=redis, queue=queue)}
+        assert parent.pid not in children and len(children) == 3
+
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 0
+        for pid in children:
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(pid), f"worker {pid} outlived its pool"
+        assert Worker.count(connection=redis, queue=queue) == 0
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes: it waits only for its parent to reap it.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return status != "Z"

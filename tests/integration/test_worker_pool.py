@@ -1,0 +1,118 @@
+"""Several worker processes on one host, several pushes at once: no unit restarts twice at once.
+
+Two pushes concern the two containers of one kube unit; three workers take them at the same
+time. systemd's RestartUnit(..., "replace") would cancel the first restart if the second came
+while it ran, failing that job: both ending `updated` shows the per-unit lock serialized them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from workers.events import make_event
+from workers.joblog import get_job
+from workers.queueing import enqueue_push, get_hosts, get_queue
+
+pytestmark = pytest.mark.integration
+
+HOST_ID = "pool-host"
+
+
+@pytest.fixture
+def duo_unit(stack: Any) -> Any:
+    """A kube unit whose pod runs two containers of two different images."""
+    a = stack.build_and_push("pool/a", "1", marker="a-v1")
+    b = stack.build_and_push("pool/b", "1", marker="b-v1")
+    path = stack.root / "kube" / "duo.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: duo\n  annotations:\n"
+        "    io.containers.autoupdate: registry\nspec:\n  hostNetwork: true\n"
+        "  terminationGracePeriodSeconds: 1\n  containers:\n"
+        f"  - name: a\n    image: {a.ref}\n  - name: b\n    image: {b.ref}\n"
+    )
+    unit = subprocess.run(
+        ["systemd-escape", "--template", "podman-kube@.service", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stack.systemctl("start", unit)
+    stack.wait_unit(unit, "active", 60)
+    yield unit
+    stack.remove_unit(unit)
+    stack.podman("pod", "rm", "-af", "-t", "0", check=False)
+
+
+@pytest.fixture
+def pool(stack: Any) -> Any:
+    redis = Redis.from_url(stack.env["PODHOOK_REDIS_URL"])
+    podhook_bin = str(Path(sys.executable).parent / "podhook")
+    env = {"PODHOOK_HOST_ID": HOST_ID, "PODHOOK_SETTLE_SECONDS": "2", "PODHOOK_JOB_RETRIES": "0"}
+    queue = get_queue(redis, HOST_ID)
+    process = stack.start_process(
+        [podhook_bin, "worker", "--processes", "3"],
+        env=env,
+        name="worker-pool",
+        ready=lambda: Worker.count(connection=redis, queue=queue) == 3,
+    )
+    yield redis
+    process.stop()
+
+
+def test_pool_serializes_restarts_of_one_unit(stack, duo_unit, pool, units):
+    redis = pool
+    assert HOST_ID in get_hosts(redis)
+    c1 = stack.build_and_push("pool/c", "1", marker="c-v1")
+    solo_units = [units.container(name, c1.ref) for name in ("solo1", "solo2")]
+
+    pushed = [
+        stack.build_and_push(repository, "1", marker=f"{repository}-v2")
+        for repository in ("pool/a", "pool/b", "pool/c")
+    ]
+    job_ids = []
+    for image in pushed:
+        event = make_event(stack.registry.host, image.repository, image.tag, image.digest)
+        job_ids += [q.job_id for q in enqueue_push(redis, event, retries=0) if q.host == HOST_ID]
+
+    deadline = time.monotonic() + 120
+    records = []
+    while time.monotonic() < deadline:
+        records = [get_job(redis, job_id) for job_id in job_ids]
+        if all(r is not None and r.state in ("finished", "failed") for r in records):
+            break
+        time.sleep(0.2)
+    states = {r.event["repository"]: (r.state, r.error) for r in records}
+    assert all(state == "finished" for state, _ in states.values()), states
+
+    rows = {row["container_name"]: row for r in records for row in r.report["containers"]}
+    assert {name: row["state"] for name, row in rows.items()} == {
+        "duo-a": "updated",
+        "duo-b": "updated",
+        "solo1": "updated",
+        "solo2": "updated",
+    }
+    assert rows["duo-a"]["unit"] == rows["duo-b"]["unit"] == duo_unit
+    assert {rows["solo1"]["unit"], rows["solo2"]["unit"]} == set(solo_units)
+
+    jobs = Job.fetch_many(job_ids, connection=redis, serializer=JSONSerializer)
+    duo_jobs = [job for job in jobs if job.meta["event"]["repository"] in ("pool/a", "pool/b")]
+    assert len({job.worker_name for job in jobs}) >= 2, "the pushes were not worked in parallel"
+    first, second = sorted(duo_jobs, key=lambda job: job.started_at)
+    assert second.started_at < first.ended_at, "the two pushes of one unit did not overlap"
+
+    stack.wait_unit(duo_unit, "active", 30)
+    for name, image in (("duo-a", pushed[0]), ("duo-b", pushed[1])):
+        assert stack.container_info(name)["image_digest"] == image.digest
+    for name in ("solo1", "solo2"):
+        assert stack.container_info(name)["image_digest"] == pushed[2].digest
