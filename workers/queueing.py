@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from workers.events import PushEvent
@@ -19,8 +22,10 @@ DELIVERIES_KEY = "podhook:delivery:{endpoint}:{delivery}"
 RECENT_KEY = "podhook:recent:{host}:{reference}"
 JOB_FUNCTION = "workers.jobs.apply_push"
 
-# A digest-less push (Docker Hub, Quay, ...) is queued at most once per host and reference in
-# this window: senders fan out one push into several deliveries within seconds.
+# A digest-less push (Docker Hub, Quay, ...) waits this long before it runs, so that the
+# several deliveries senders make of one push coalesce into one job per host and reference.
+DIGESTLESS_DELAY_SECONDS = 10
+# How long the coalescing key outlives the delay (it only matters while the job waits).
 DIGESTLESS_WINDOW_SECONDS = 60
 # GitHub redelivers by hand for up to three days; remember delivery ids that long.
 DELIVERY_MEMORY_SECONDS = 3 * 24 * 3600
@@ -87,18 +92,33 @@ def remember_delivery(redis: Redis, endpoint: str, delivery: str) -> None:
     redis.set(key, 1, ex=DELIVERY_MEMORY_SECONDS)
 
 
+def _coalesced_job(redis: Redis, recent_key: str) -> bool:
+    """Whether the job remembered under ``recent_key`` has not started yet."""
+    raw = redis.get(recent_key)
+    if raw is None:
+        return False
+    try:
+        status = Job.fetch(raw.decode(), connection=redis, serializer=JSONSerializer).get_status()
+    except NoSuchJobError:
+        return True  # a concurrent delivery claimed the window and is queuing its job now
+    return status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED)
+
+
 def enqueue_push(
     redis: Redis,
     event: PushEvent,
     *,
     retries: int = 3,
     result_ttl: int = 7 * 24 * 3600,
+    coalesce_seconds: float = DIGESTLESS_DELAY_SECONDS,
 ) -> list[QueuedJob]:
     """Queue ``event`` once on the queue of every registered host.
 
     A push with a digest gets the job id ``job_id_for(host, event)``; RQ's unique enqueue makes
-    a repeat a no-op. A push without a digest is queued once per host and reference within
-    ``DIGESTLESS_WINDOW_SECONDS``. Raises NoHostsError when no host is registered, and
+    a repeat a no-op. A push without a digest is scheduled ``coalesce_seconds`` ahead, and
+    further deliveries for that host and reference join it while it has not started: senders
+    fan one push out into several deliveries, and the job pulls whatever the tag names when it
+    runs, so nothing is lost. Raises NoHostsError when no host is registered, and
     redis.RedisError when Redis fails (jobs already queued stay queued and dedupe on retry).
     """
     hosts = sorted(get_hosts(redis))
@@ -106,35 +126,43 @@ def enqueue_push(
         raise NoHostsError("no worker host has registered; start `podhook worker` on a host")
     results = []
     for host in hosts:
-        if event.digest is None:
-            recent = RECENT_KEY.format(host=host, reference=event.reference)
-            if not redis.set(recent, 1, nx=True, ex=DIGESTLESS_WINDOW_SECONDS):
-                results.append(QueuedJob(host, job_id_for(host, event), duplicate=True))
-                continue
-            job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
-        else:
-            recent = None
+        queue = get_queue(redis, host)
+        options: dict[str, Any] = {
+            "args": (event.to_dict(),),
+            "job_timeout": JOB_TIMEOUT_SECONDS,
+            "result_ttl": result_ttl,
+            "failure_ttl": result_ttl,
+            "retry": Retry(max=retries, interval=RETRY_INTERVALS) if retries > 0 else None,
+            "description": f"push {event.reference} {event.digest or '(no digest)'}",
+            "meta": {"host": host, "event": event.to_dict()},
+            "unique": True,
+        }
+        if event.digest is not None:
             job_id = job_id_for(host, event)
-        try:
-            get_queue(redis, host).enqueue_call(
-                JOB_FUNCTION,
-                args=(event.to_dict(),),
-                job_id=job_id,
-                unique=True,
-                timeout=JOB_TIMEOUT_SECONDS,
-                result_ttl=result_ttl,
-                failure_ttl=result_ttl,
-                retry=Retry(max=retries, interval=RETRY_INTERVALS) if retries > 0 else None,
-                description=f"push {event.reference} {event.digest or '(no digest)'}",
-                meta={"host": host, "event": event.to_dict()},
-            )
-        except DuplicateJobError:
-            results.append(QueuedJob(host, job_id, duplicate=True))
+            try:
+                queue.enqueue(JOB_FUNCTION, job_id=job_id, **options)
+            except DuplicateJobError:
+                results.append(QueuedJob(host, job_id, duplicate=True))
+                continue
+            results.append(QueuedJob(host, job_id, duplicate=False))
             continue
+
+        recent = RECENT_KEY.format(host=host, reference=event.reference)
+        job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
+        window = int(coalesce_seconds) + DIGESTLESS_WINDOW_SECONDS
+        claimed = redis.set(recent, job_id, nx=True, ex=window)
+        if not claimed:
+            if _coalesced_job(redis, recent):
+                results.append(QueuedJob(host, redis.get(recent).decode(), duplicate=True))
+                continue
+            redis.set(recent, job_id, ex=window)
+        try:
+            queue.enqueue_in(
+                timedelta(seconds=coalesce_seconds), JOB_FUNCTION, job_id=job_id, **options
+            )
         except Exception:
-            if recent is not None:
-                with contextlib.suppress(Exception):
-                    redis.delete(recent)
+            with contextlib.suppress(Exception):
+                redis.delete(recent)
             raise
         results.append(QueuedJob(host, job_id, duplicate=False))
     return results

@@ -1,6 +1,7 @@
 """Queuing for the fleet on a real Redis: one job per host, stable ids, digest-less windows."""
 
 import pytest
+from rq.job import JobStatus
 
 from workers.events import make_event
 from workers.queueing import (
@@ -63,15 +64,29 @@ def test_job_carries_event_json_retries_and_result_ttl(redis):
     assert job.meta["host"] == "a"
 
 
-def test_digestless_push_is_queued_once_per_window(redis):
+def test_digestless_pushes_coalesce_into_one_delayed_job_while_it_waits(redis):
     register_host(redis, "a")
-    first = enqueue_push(redis, event(digest=None))
-    again = enqueue_push(redis, event(digest=None))
-    assert not first[0].duplicate and again[0].duplicate
-    assert len(get_queue(redis, "a")) == 1
-    redis.delete(*redis.keys("podhook:recent:*"))  # the window has passed
-    later = enqueue_push(redis, event(digest=None))
-    assert not later[0].duplicate and len(get_queue(redis, "a")) == 2
+    queue = get_queue(redis, "a")
+    first = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
+    again = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
+    assert not first[0].duplicate
+    assert again[0].duplicate and again[0].job_id == first[0].job_id
+    assert queue.scheduled_job_registry.get_job_ids() == [first[0].job_id]
+    assert len(queue) == 0  # nothing runs before the window closes
+
+    # Once the job has started, a later delivery may be a later push: it gets a job of its own.
+    job = queue.fetch_job(first[0].job_id)
+    job.set_status(JobStatus.STARTED)
+    later = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
+    assert not later[0].duplicate and later[0].job_id != first[0].job_id
+    assert len(queue.scheduled_job_registry.get_job_ids()) == 2
+
+
+def test_other_references_do_not_coalesce(redis):
+    register_host(redis, "a")
+    one = enqueue_push(redis, event(digest=None, tag="1"))
+    two = enqueue_push(redis, event(digest=None, tag="2"))
+    assert not one[0].duplicate and not two[0].duplicate
 
 
 def test_delivery_ids_are_remembered_per_endpoint(redis):
