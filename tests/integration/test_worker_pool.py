@@ -96,12 +96,12 @@ def test_pool_serializes_restarts_of_one_unit(stack, duo_unit, pool, units):
     assert all(state == "finished" for state, _ in states.values()), states
 
     rows = {row["container_name"]: row for r in records for row in r.report["containers"]}
-    assert {name: row["state"] for name, row in rows.items()} == {
-        "duo-a": "updated",
-        "duo-b": "updated",
-        "solo1": "updated",
-        "solo2": "updated",
-    }
+    assert set(rows) == {"duo-a", "duo-b", "solo1", "solo2"}
+    assert {rows[name]["state"] for name in ("solo1", "solo2")} == {"updated"}
+    # The second push of the duo unit waits for the first one's restart; `podman kube play`
+    # may have pulled its image by then, so it may find that container already up to date.
+    duo_states = sorted(rows[name]["state"] for name in ("duo-a", "duo-b"))
+    assert duo_states in (["updated", "updated"], ["unchanged", "updated"]), rows
     assert rows["duo-a"]["unit"] == rows["duo-b"]["unit"] == duo_unit
     assert {rows["solo1"]["unit"], rows["solo2"]["unit"]} == set(solo_units)
 
