@@ -85,3 +85,26 @@ def test_every_command_has_help():
     ):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, command
+
+
+def test_recorded_registry_envelopes():
+    folder = PAYLOADS / "distribution"
+    push = json.loads(
+        run("--source", "distribution", str(folder / "recorded-manifest-push.json")).output
+    )
+    assert push == {
+        "events": [
+            {
+                "registry": "127.0.0.1:54415",
+                "repository": "team/app",
+                "tag": "1.2",
+                "digest": "sha256:fad9d07d124f8b62b97753c481a3da89710d69e6a4359b21a9da5ded5c103f5d",
+            }
+        ],
+        "ignored": 0,
+    }
+    for name in ("recorded-blob-push.json", "recorded-manifest-pull.json"):
+        assert json.loads(run("--source", "distribution", str(folder / name)).output) == {
+            "events": [],
+            "ignored": 1,
+        }
