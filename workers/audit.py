@@ -51,8 +51,11 @@ def read(
     """Entries newest first, at most ``limit``, optionally only of one kind or after ``since``."""
     start = f"{int(since * 1000)}-0" if since else "-"
     entries = []
-    for raw_id, fields in redis.xrevrange(AUDIT_STREAM, max="+", min=start):
-        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+    raw_entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrevrange(  # type: ignore[assignment]
+        AUDIT_STREAM, max="+", min=start
+    )
+    for raw_id, fields in raw_entries:
+        entry_id = raw_id.decode()
         entry_kind = fields[b"kind"].decode()
         if kind and entry_kind != kind:
             continue

@@ -69,10 +69,10 @@ def forget_host(redis: Redis, host: str) -> bool:
 
 def get_hosts(redis: Redis) -> dict[str, float]:
     """Every registered host with the time of its last heartbeat."""
-    return {
-        (host.decode() if isinstance(host, bytes) else host): score
-        for host, score in redis.zrange(HOSTS_KEY, 0, -1, withscores=True)
-    }
+    entries: list[tuple[bytes, float]] = redis.zrange(  # type: ignore[assignment]
+        HOSTS_KEY, 0, -1, withscores=True
+    )
+    return {host.decode(): score for host, score in entries}
 
 
 def job_id_for(host: str, event: PushEvent, salt: str = "") -> str:
@@ -92,13 +92,18 @@ def remember_delivery(redis: Redis, endpoint: str, delivery: str) -> None:
     redis.set(key, 1, ex=DELIVERY_MEMORY_SECONDS)
 
 
+def _get_text(redis: Redis, key: str) -> str | None:
+    raw = redis.get(key)
+    return raw.decode() if isinstance(raw, bytes) else raw  # type: ignore[return-value]
+
+
 def _coalesced_job(redis: Redis, recent_key: str) -> bool:
     """Whether the job remembered under ``recent_key`` has not started yet."""
-    raw = redis.get(recent_key)
-    if raw is None:
+    job_id = _get_text(redis, recent_key)
+    if job_id is None:
         return False
     try:
-        status = Job.fetch(raw.decode(), connection=redis, serializer=JSONSerializer).get_status()
+        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
     except NoSuchJobError:
         return True  # a concurrent delivery claimed the window and is queuing its job now
     return status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED)
@@ -153,7 +158,7 @@ def enqueue_push(
         claimed = redis.set(recent, job_id, nx=True, ex=window)
         if not claimed:
             if _coalesced_job(redis, recent):
-                results.append(QueuedJob(host, redis.get(recent).decode(), duplicate=True))
+                results.append(QueuedJob(host, _get_text(redis, recent) or job_id, duplicate=True))
                 continue
             redis.set(recent, job_id, ex=window)
         try:
