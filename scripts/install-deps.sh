@@ -30,6 +30,7 @@ APT_PACKAGES=(
     systemd dbus dbus-user-session                # user manager + session bus for the tests
     redis-server                                  # RQ's queue
     busybox-static                                # root filesystem of the test images
+    chromium fonts-dejavu-core                    # the status page test (headless, with text)
     libgirepository1.0-dev libcairo2-dev pkg-config gcc   # PyGObject<3.51 builds from source
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -42,10 +44,20 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["podhook"] = {"settings": settings, "redis": redis, "endpoints": endpoints}
+    if settings.admin_token:
+        # The page's session cookie is signed with a key derived from the admin token, so
+        # changing the token logs every browser out.
+        app.secret_key = hmac.new(
+            settings.admin_token.encode(), b"podhook page session", hashlib.sha256
+        ).hexdigest()
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
 
+    from webhook import api, page
     from webhook.routes import blueprint
 
     app.register_blueprint(blueprint)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(page.blueprint)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:

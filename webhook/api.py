@@ -1,0 +1,230 @@
+"""The admin API: read jobs, hosts and updates; retry or cancel jobs; behind the admin token."""
+
+from __future__ import annotations
+
+import hmac
+import math
+import re
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from redis.exceptions import RedisError
+
+from workers.fleet import describe_hosts, list_updates
+from workers.joblog import STATES, JobActionError, cancel_job, get_job, list_jobs, retry_job
+from workers.settings import Settings
+
+blueprint = Blueprint("api", __name__)
+
+DISABLED = "admin API disabled; set PODHOOK_ADMIN_TOKEN"
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+# RQ accepts only these characters in a job id (rq.utils.validate_job_id); anything else cannot
+# name a job, and asking RQ about it raises instead of saying "no such job".
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+# Endpoints anyone may read: the description of the API itself.
+PUBLIC_ENDPOINTS = frozenset({"api.openapi"})
+
+
+class QueryError(ValueError):
+    """Raised for a query parameter that cannot be read; the message names it."""
+
+
+def _settings() -> Settings:
+    return current_app.extensions["podhook"]["settings"]  # type: ignore[no-any-return]
+
+
+def _redis() -> Any:
+    return current_app.extensions["podhook"]["redis"]
+
+
+def _error(status: int, reason: str, **fields: Any) -> Any:
+    return jsonify(error=reason, status=status, **fields), status
+
+
+def is_admin_token(settings: Settings, candidate: str | None) -> bool:
+    """Whether ``candidate`` is the configured admin token (False when none is configured)."""
+    if not settings.admin_token or candidate is None:
+        return False
+    return hmac.compare_digest(candidate.encode(), settings.admin_token.encode())
+
+
+@blueprint.before_request
+def require_admin_token() -> Any:
+    """404 while no admin token is configured, 401 without the right bearer token."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    settings = _settings()
+    if not settings.admin_token:
+        return _error(404, DISABLED)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        response = _error(401, "missing Authorization: Bearer <admin token>")
+    elif not is_admin_token(settings, token.strip()):
+        response = _error(401, "wrong admin token")
+    else:
+        return None
+    body, status = response
+    body.headers["WWW-Authenticate"] = 'Bearer realm="podhook"'
+    return body, status
+
+
+@blueprint.errorhandler(RedisError)
+def redis_unavailable(error: RedisError) -> Any:
+    """503 naming the Redis error, so a client retries instead of seeing a 500."""
+    return _error(503, f"Redis unavailable: {error}")
+
+
+@blueprint.errorhandler(QueryError)
+def bad_query(error: QueryError) -> Any:
+    """400 naming the parameter."""
+    return _error(400, str(error))
+
+
+def _query(allowed: set[str]) -> dict[str, str]:
+    """The query parameters, each given at most once; unknown names are refused so that a
+    typo (``?stat=failed``) does not silently answer a different question."""
+    values: dict[str, str] = {}
+    for name in request.args:
+        if name not in allowed:
+            raise QueryError(f"{name}: unknown parameter; expected one of {sorted(allowed)}")
+        given = request.args.getlist(name)
+        if len(given) > 1:
+            raise QueryError(f"{name}: given more than once")
+        values[name] = given[0]
+    return values
+
+
+def parse_since(text: str) -> datetime:
+    """A time given as ISO 8601 (UTC when it names no zone) or unix seconds.
+
+    Raises QueryError naming ``since``.
+    """
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise QueryError(f"since: {text!r} is not a time")
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise QueryError(f"since: {text!r} is out of range") from None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"since: expected ISO 8601 (2026-01-31T12:00:00Z) or unix seconds, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_limit(text: str | None) -> int:
+    """A result count between 1 and MAX_LIMIT (DEFAULT_LIMIT when absent).
+
+    Raises QueryError naming ``limit``.
+    """
+    if text is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        raise QueryError(f"limit: expected a whole number, got {text!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit: expected 1 to {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def _known_job_id(job_id: str) -> bool:
+    return JOB_ID_PATTERN.fullmatch(job_id) is not None
+
+
+def _no_job(job_id: str) -> Any:
+    return _error(404, f"no job {job_id!r} (unknown or expired)")
+
+
+@blueprint.get("/v1/jobs")
+def jobs() -> Any:
+    """Jobs of every host, newest first; filters: host, state, image, since, limit."""
+    query = _query({"host", "state", "image", "since", "limit"})
+    state = query.get("state")
+    if state is not None and state not in STATES:
+        raise QueryError(f"state: expected one of {list(STATES)}, got {state!r}")
+    records = list_jobs(
+        _redis(),
+        host=query.get("host") or None,
+        state=state,
+        image=query.get("image") or None,
+        since=parse_since(query["since"]) if "since" in query else None,
+        limit=parse_limit(query.get("limit")),
+    )
+    return jsonify([record.to_dict() for record in records])
+
+
+@blueprint.get("/v1/jobs/<job_id>")
+def job(job_id: str) -> Any:
+    """One job with its push, state and per-container report; 404 when unknown or expired."""
+    _query(set())
+    record = get_job(_redis(), job_id) if _known_job_id(job_id) else None
+    if record is None:
+        return _no_job(job_id)
+    return jsonify(record.to_dict())
+
+
+@blueprint.post("/v1/jobs/<job_id>/retry")
+def retry(job_id: str) -> Any:
+    """Queue a failed (or cancelled) job again; 409 with the reason for any other state."""
+    redis = _redis()
+    if not _known_job_id(job_id) or get_job(redis, job_id) is None:
+        return _no_job(job_id)
+    try:
+        record = retry_job(redis, job_id)
+    except JobActionError as error:
+        return _error(409, str(error))
+    return jsonify(record.to_dict())
+
+
+@blueprint.post("/v1/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> Any:
+    """Cancel a job that is still waiting; 409 with the reason once it has started or ended."""
+    redis = _redis()
+    if not _known_job_id(job_id) or get_job(redis, job_id) is None:
+        return _no_job(job_id)
+    try:
+        record = cancel_job(redis, job_id)
+    except JobActionError as error:
+        return _error(409, str(error))
+    return jsonify(record.to_dict())
+
+
+@blueprint.get("/v1/hosts")
+def hosts() -> Any:
+    """Every registered host with heartbeat age, queue depth, workers, failures and containers."""
+    _query(set())
+    return jsonify([summary.to_dict() for summary in describe_hosts(_redis())])
+
+
+@blueprint.get("/v1/updates")
+def updates() -> Any:
+    """Deliveries newest first, each with its jobs and their outcomes; filters: image, host,
+    since, limit."""
+    query = _query({"image", "host", "since", "limit"})
+    found = list_updates(
+        _redis(),
+        image=query.get("image") or None,
+        host=query.get("host") or None,
+        since=parse_since(query["since"]).timestamp() if "since" in query else None,
+        limit=parse_limit(query.get("limit")),
+    )
+    return jsonify([update.to_dict() for update in found])
+
+
+@blueprint.get("/openapi.yaml")
+def openapi() -> Any:
+    """The OpenAPI 3.1 description of every podhook endpoint (no token needed)."""
+    text = resources.files("webhook").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return Response(text, mimetype="application/yaml")
