@@ -12,6 +12,7 @@ from redis import Redis
 from werkzeug.exceptions import HTTPException
 
 from webhook.endpoints import build_endpoints
+from webhook.metrics import register_metrics
 from webhook.sources import get_source, source_names
 from workers.settings import Settings, load_settings
 
@@ -58,6 +59,7 @@ def create_app(
     app.register_blueprint(blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(page.blueprint)
+    register_metrics(app)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import click
 from werkzeug.datastructures import Headers
@@ -23,10 +24,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from workers.logs import setup_logging
+
+    setup_logging(_settings(), verbose=verbose)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +48,14 @@ def serve(bind: str | None, web_workers: int | None) -> None:
     from webhook.app import create_app
 
     create_app(settings)  # fail here, readably, on bad settings rather than in every worker
+    from workers.logs import logging_config
+
+    # gunicorn configures logging in its master, and its workers inherit that: handed
+    # podhook's configuration, the app's own lines reach the log too (as JSON when asked).
+    # gunicorn reads the file again on SIGHUP, so it stays.
+    handle, log_config = tempfile.mkstemp(prefix="podhook-serve-logging-", suffix=".json")
+    with os.fdopen(handle, "w") as file:
+        json.dump(logging_config(settings), file)
     argv = [
         sys.executable,
         "-m",
@@ -58,6 +66,8 @@ def serve(bind: str | None, web_workers: int | None) -> None:
         str(settings.web_workers),
         "--access-logfile",
         "-",
+        "--log-config-json",
+        log_config,
         "--graceful-timeout",
         "10",
         "webhook.app:create_app()",
@@ -134,7 +144,7 @@ def parse(source: str, headers: tuple[str, ...], payload: Any) -> None:
             raise click.BadParameter(f"{header!r} is not 'Name: value'", param_hint="--header")
         request_headers.add(name.strip(), value.strip())
     try:
-        result = adapter.parse(request_headers, payload.read())
+        result = adapter.parse(cast(Mapping[str, str], request_headers), payload.read())
     except PayloadError as error:
         click.echo(f"podhook parse: {source} payload: {error}", err=True)
         sys.exit(2)
@@ -326,7 +336,7 @@ def jobs_retry(job_id: str | None, all_failed: bool, host: str | None) -> None:
             click.echo(f"  {retried_id}")
         return
     try:
-        record = _with_redis(settings, lambda r: retry_job(r, job_id))
+        record = _with_redis(settings, lambda r: retry_job(r, str(job_id)))
     except JobActionError as error:
         click.echo(f"podhook: {error}", err=True)
         sys.exit(1)
@@ -389,7 +399,7 @@ def _with_redis(settings: Settings, action: Any) -> Any:
         raise click.ClickException(f"Redis at {settings.redis_url}: {error}") from None
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
@@ -13,7 +15,7 @@ from redis.exceptions import RedisError
 from webhook.auth import AuthError
 from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source
-from workers import audit
+from workers import audit, metrics
 from workers.events import EventError, PushEvent, make_event
 from workers.queueing import (
     NoHostsError,
@@ -57,42 +59,63 @@ def _retarget(event: PushEvent, endpoint: Endpoint, settings: Settings) -> PushE
 @blueprint.post("/v1/webhooks/<name>", provide_automatic_options=False)
 @blueprint.post("/v1/webhooks/<name>/<path:secret>", provide_automatic_options=False)
 def receive(name: str, secret: str | None = None) -> Any:
-    """Authenticate, parse and queue one delivery; answer 2xx only once its jobs are queued."""
+    """Authenticate, parse and queue one delivery; answer 2xx only once its jobs are queued.
+
+    Every answer is counted in the delivery metrics (workers/metrics.py) by source and outcome.
+    """
     state = _state()
     settings: Settings = state["settings"]
+    redis = state["redis"]
     endpoint: Endpoint | None = state["endpoints"].get(name)
     if endpoint is None:
+        metrics.record_delivery(redis, metrics.UNKNOWN_SOURCE, "unknown_endpoint")
         return _refuse(404, f"no webhook endpoint named {name!r}")
     source = get_source(endpoint.source)
     assert source is not None
+    fields: dict[str, Any] = {"source": endpoint.source, "endpoint": name}
     received_at = time.time()
     body = request.get_data(cache=False)
-    delivery = Delivery(headers=request.headers, body=body, query=request.args, path_secret=secret)
+    # werkzeug's Headers is a case-insensitive mapping in all but name.
+    headers = cast(Mapping[str, str], request.headers)
+    delivery = Delivery(headers=headers, body=body, query=request.args, path_secret=secret)
     try:
         source.authenticate(delivery, endpoint)
     except AuthError as error:
-        log.warning("refused delivery to endpoint=%s: %s", name, error)
+        metrics.record_delivery(redis, endpoint.source, "refused_auth")
+        log.warning(
+            "refused delivery to endpoint=%s: %s", name, error, extra={**fields, "status": 401}
+        )
         return _refuse(401, str(error))
     try:
-        parsed = source.parse(request.headers, body)
+        parsed = source.parse(headers, body)
         events = [
             _retarget(replace(event, received_at=received_at), endpoint, settings)
             for event in parsed.events
         ]
     except (PayloadError, EventError) as error:
-        log.warning("bad delivery to endpoint=%s: %s", name, error)
+        metrics.record_delivery(redis, endpoint.source, "bad_payload")
+        log.warning("bad delivery to endpoint=%s: %s", name, error, extra={**fields, "status": 400})
         return _refuse(400, f"{endpoint.source} payload: {error}")
+    fields["delivery"] = parsed.delivery
     if parsed.reply is not None:
+        metrics.record_delivery(redis, endpoint.source, "handshake")
+        log.info("answered a validation request to endpoint=%s", name, extra=fields)
         return jsonify(parsed.reply), 200
 
-    redis = state["redis"]
     summary: dict[str, Any] = {"events": len(events), "ignored": parsed.ignored}
     try:
         if parsed.delivery and is_delivery_seen(redis, name, parsed.delivery):
-            log.info("delivery=%s endpoint=%s seen before; nothing queued", parsed.delivery, name)
+            metrics.record_delivery(redis, endpoint.source, "duplicate")
+            log.info(
+                "delivery to endpoint=%s seen before; nothing queued",
+                name,
+                extra={**fields, "outcome": "duplicate"},
+            )
             return jsonify({**summary, "queued": [], "duplicate": True}), 200
         queued, duplicates, jobs = [], 0, []
+        new_events, per_host = 0, Counter[str]()
         for event in events:
+            new_jobs = 0
             for job in enqueue_push(
                 redis, event, retries=settings.job_retries, result_ttl=settings.result_ttl
             ):
@@ -109,6 +132,9 @@ def receive(name: str, secret: str | None = None) -> Any:
                     duplicates += 1
                 else:
                     queued.append(job.job_id)
+                    per_host[job.host] += 1
+                    new_jobs += 1
+            new_events += bool(new_jobs)
         if parsed.delivery:
             remember_delivery(redis, name, parsed.delivery)
         if events:
@@ -127,19 +153,50 @@ def receive(name: str, secret: str | None = None) -> Any:
                 settings.audit_retention,
             )
     except NoHostsError as error:
+        metrics.record_delivery(redis, endpoint.source, "unavailable")
+        log.warning(
+            "cannot queue delivery to endpoint=%s: %s", name, error, extra={**fields, "status": 503}
+        )
         return _refuse(503, str(error))
     except RedisError as error:
-        log.error("cannot queue delivery to endpoint=%s: Redis: %s", name, error)
+        metrics.record_delivery(redis, endpoint.source, "unavailable")
+        log.error(
+            "cannot queue delivery to endpoint=%s: Redis: %s",
+            name,
+            error,
+            extra={**fields, "status": 503},
+        )
         return _refuse(503, "job queue unavailable; retry later")
-    log.info(
-        "delivery endpoint=%s source=%s delivery=%s events=%d ignored=%d queued=%d duplicates=%d",
-        name,
+    outcome = "queued" if queued else "ignored" if not events else "duplicate"
+    metrics.record_delivery(
+        redis,
         endpoint.source,
-        parsed.delivery or "-",
+        outcome,
+        events=new_events,
+        ignored=parsed.ignored,
+        jobs=per_host,
+    )
+    log.info(
+        "delivery endpoint=%s: events=%d ignored=%d queued=%d duplicates=%d",
+        name,
         len(events),
         parsed.ignored,
         len(queued),
         duplicates,
+        extra={
+            **fields,
+            "outcome": outcome,
+            "events": len(events),
+            "ignored": parsed.ignored,
+            "queued": len(queued),
+            "duplicates": duplicates,
+            # One push of one image: its reference and digest are the line's image and digest.
+            **(
+                {"image": events[0].reference, "digest": events[0].digest}
+                if len(events) == 1
+                else {}
+            ),
+        },
     )
     return jsonify({**summary, "queued": queued, "duplicates": duplicates}), (
         202 if queued else 200

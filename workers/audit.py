@@ -12,6 +12,7 @@ from redis import Redis
 AUDIT_STREAM = "podhook:audit"
 # A hard cap on top of the time-based trim, so a flood of deliveries cannot fill Redis.
 AUDIT_MAX_ENTRIES = 100_000
+_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -48,25 +49,33 @@ def read(
     kind: str | None = None,
     limit: int = 200,
 ) -> list[AuditEntry]:
-    """Entries newest first, at most ``limit``, optionally only of one kind or after ``since``."""
+    """Entries newest first, at most ``limit``, optionally only of one kind or after ``since``.
+
+    Reads the stream in pages, so a short answer never loads the whole trail.
+    """
     start = f"{int(since * 1000)}-0" if since else "-"
-    entries = []
-    raw_entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrevrange(  # type: ignore[assignment]
-        AUDIT_STREAM, max="+", min=start
-    )
-    for raw_id, fields in raw_entries:
-        entry_id = raw_id.decode()
-        entry_kind = fields[b"kind"].decode()
-        if kind and entry_kind != kind:
-            continue
-        entries.append(
-            AuditEntry(
-                id=entry_id,
-                time=int(entry_id.split("-")[0]) / 1000,
-                kind=entry_kind,
-                data=json.loads(fields[b"data"]),
-            )
+    newest = "+"
+    entries: list[AuditEntry] = []
+    while len(entries) < limit:
+        page: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrevrange(  # type: ignore[assignment]
+            AUDIT_STREAM, max=newest, min=start, count=_PAGE
         )
-        if len(entries) >= limit:
+        for raw_id, fields in page:
+            entry_id = raw_id.decode()
+            entry_kind = fields[b"kind"].decode()
+            if kind and entry_kind != kind:
+                continue
+            entries.append(
+                AuditEntry(
+                    id=entry_id,
+                    time=int(entry_id.split("-")[0]) / 1000,
+                    kind=entry_kind,
+                    data=json.loads(fields[b"data"]),
+                )
+            )
+            if len(entries) >= limit:
+                break
+        if len(page) < _PAGE:
             break
+        newest = "(" + page[-1][0].decode()  # exclusive: continue below the last entry read
     return entries

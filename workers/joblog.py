@@ -119,21 +119,34 @@ class JobActionError(Exception):
     """Raised when a job cannot be retried or cancelled; the message says why."""
 
 
+def _state_name(state: object) -> str:
+    return state.value if isinstance(state, JobStatus) else str(state)
+
+
+def _fetch(redis: Redis, job_id: str) -> Job | None:
+    """The job of that id, or None when it is unknown, expired or not a valid RQ job id."""
+    try:
+        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except (NoSuchJobError, ValueError):
+        return None
+
+
 def retry_job(redis: Redis, job_id: str) -> JobRecord:
     """Queue a failed job again on its host's queue. Raises JobActionError otherwise."""
-    try:
-        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:
-        raise JobActionError(f"no job {job_id!r} (unknown or expired)") from None
+    job = _fetch(redis, job_id)
+    if job is None:
+        raise JobActionError(f"no job {job_id!r} (unknown or expired)")
     state = job.get_status()
     if state not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        raise JobActionError(f"job {job_id} is {state}, only failed or cancelled jobs are retried")
+        raise JobActionError(
+            f"job {job_id} is {_state_name(state)}, only failed or cancelled jobs are retried"
+        )
     queue = get_queue(redis, job.origin.removeprefix("podhook-"))
     if state is JobStatus.FAILED:
         queue.failed_job_registry.requeue(job)
     else:
         queue.enqueue_job(job)
-    return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
+    return _record(job)
 
 
 def retry_failed(redis: Redis, host: str | None = None) -> list[str]:
@@ -152,15 +165,16 @@ def cancel_job(redis: Redis, job_id: str) -> JobRecord:
 
     Raises JobActionError for an unknown job or one that is not waiting.
     """
-    try:
-        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:
-        raise JobActionError(f"no job {job_id!r} (unknown or expired)") from None
+    job = _fetch(redis, job_id)
+    if job is None:
+        raise JobActionError(f"no job {job_id!r} (unknown or expired)")
     state = job.get_status()
     if state not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-        raise JobActionError(f"job {job_id} is {state}; only waiting jobs can be cancelled")
+        raise JobActionError(
+            f"job {job_id} is {_state_name(state)}; only waiting jobs can be cancelled"
+        )
     job.cancel()
-    return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
+    return _record(job)
 
 
 def find_delivery(redis: Redis, job_id: str) -> dict[str, Any] | None:
@@ -173,7 +187,5 @@ def find_delivery(redis: Redis, job_id: str) -> dict[str, Any] | None:
 
 def get_job(redis: Redis, job_id: str) -> JobRecord | None:
     """One job by id, or None when it is unknown or has expired."""
-    try:
-        return _record(Job.fetch(job_id, connection=redis, serializer=JSONSerializer))
-    except NoSuchJobError:
-        return None
+    job = _fetch(redis, job_id)
+    return None if job is None else _record(job)

@@ -10,12 +10,14 @@ from typing import Any
 from redis import Redis
 from rq import get_current_job
 
-from workers import audit
+from workers import audit, metrics
 from workers.events import PushEvent
 from workers.locks import RedisUnitLocks
+from workers.logs import log_context
+from workers.notify import notify_outcome
 from workers.podman_runtime import PodmanRuntime
 from workers.report import FAILURE_STATES, summarize
-from workers.settings import load_settings
+from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager
 from workers.update import UpdateOptions, Updater
 
@@ -37,13 +39,30 @@ def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
     the host, the event, one row per concerned container and a count per state. Rows in
     ``failed`` or ``rolled_back`` make the job fail with UpdateFailedError and no retry;
     failures that changed nothing (a pull that failed) raise TransientUpdateError, which RQ
-    retries with backoff.
+    retries with backoff. Once the report is saved, its rows are counted in the metrics and
+    the rows in ``notify_on`` states are notified (a passing failure only by the last attempt);
+    neither ever fails the job.
     """
     event = PushEvent.from_dict(event_data)
     settings = load_settings()
     job = get_current_job()
     redis = job.connection if job is not None else Redis.from_url(settings.redis_url or "")
     host = settings.host_id or socket.gethostname()
+    with log_context(
+        source=event.source or None,
+        delivery=event.delivery,
+        job=job.id if job is not None else None,
+        host=host,
+        image=event.reference,
+        digest=event.digest,
+    ):
+        return _apply(event, settings, job, redis, host)
+
+
+def _apply(
+    event: PushEvent, settings: Settings, job: Any, redis: Redis, host: str
+) -> dict[str, Any]:
+    log.info("applying the push of %s", event.reference)
     runtime = PodmanRuntime(settings.podman_url)
     try:
         updater = Updater(
@@ -72,23 +91,33 @@ def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
         "summary": summarize(outcome.rows),
     }
     for row in outcome.rows:
-        log.info(
-            "host=%s image=%s digest=%s unit=%s container=%s state=%s reason=%s",
-            host,
-            event.reference,
-            event.digest or "-",
-            row.unit or "-",
+        log.log(
+            logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
+            "container %s: %s: %s",
             row.container_name,
             row.state.value,
             row.reason,
+            extra={"unit": row.unit, "container": row.container_name, "state": row.state.value},
         )
+    if not outcome.rows:
+        log.info("no container of this host runs %s", event.reference)
     if job is not None:
         report["job"] = job.id
         job.meta["report"] = report
         job.save_meta()
     audit.record(redis, "outcome", report, settings.audit_retention)
+    metrics.record_outcomes(
+        redis, host, outcome.rows, received_at=event.received_at, started_at=started
+    )
     failures = [row for row in outcome.rows if row.state in FAILURE_STATES]
     lasting = [row for row in failures if row.reason not in outcome.transient]
+    told = report
+    if failures and not lasting and job is not None and (job.retries_left or 0) > 0:
+        # RQ tries again: a passing failure is told once, by the attempt that gives up.
+        told = {**report, "containers": [r for r in rows if r["reason"] not in outcome.transient]}
+    sent = notify_outcome(settings, told)
+    if sent is not None:
+        metrics.record_notification(redis, host, sent)
     if lasting:
         if job is not None:
             job.retries_left = 0  # a restart that failed is not retried behind the user's back

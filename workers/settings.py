@@ -10,6 +10,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from workers.report import UpdateState
+
+NOTIFY_STATES = frozenset(state.value for state in UpdateState)
+
 
 class SettingsError(ValueError):
     """Raised for a setting that cannot be read; the message names the variable or key."""
@@ -58,12 +62,31 @@ class Settings:
     web_workers: int = 2
     state_dir: str = field(default_factory=_default_state_dir)
     endpoints: dict[str, Any] = field(default_factory=dict, repr=False)
+    log_format: str = "text"
+    # Apprise URLs carry their services' tokens: never shown.
+    notify_urls: list[str] = field(default_factory=list, repr=False)
+    notify_on: frozenset[str] = frozenset({"failed", "rolled_back"})
 
     def __post_init__(self) -> None:
         if self.systemd_bus not in ("system", "user"):
             raise SettingsError(f"systemd_bus must be 'system' or 'user', not {self.systemd_bus!r}")
         if not self.host_id or any(c in self.host_id for c in " /:"):
             raise SettingsError(f"host_id {self.host_id!r} must be a word without ' ', '/', ':'")
+        # Overrides (tests, the CLI) may hand in a string or any iterable of strings.
+        object.__setattr__(self, "notify_urls", _parse_list("notify_urls", self.notify_urls))
+        object.__setattr__(self, "notify_on", frozenset(_parse_list("notify_on", self.notify_on)))
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
+        unknown = sorted(set(self.notify_on) - NOTIFY_STATES)
+        if unknown:
+            raise SettingsError(
+                f"notify_on: unknown state(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(NOTIFY_STATES))}"
+            )
+        if self.notify_urls:
+            from workers.notify import check_notify_urls
+
+            check_notify_urls(self.notify_urls)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -95,6 +118,9 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
         if isinstance(raw, Mapping):
             return dict(raw)
         return _parse_pairs(name, str(raw))
+    if kind.startswith(("list", "frozenset", "set")):
+        items = _parse_list(name, raw)
+        return items if kind.startswith("list") else frozenset(items)
     return None if raw is None else str(raw)
 
 
@@ -106,6 +132,15 @@ def _parse_pairs(name: str, text: str) -> dict[str, str]:
             raise SettingsError(f"{name}: expected name=value pairs separated by commas")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _parse_list(name: str, raw: Any) -> list[str]:
+    """A TOML array of strings, or one string of items separated by commas or whitespace."""
+    if isinstance(raw, str):
+        return raw.replace(",", " ").split()
+    if isinstance(raw, list | tuple | set | frozenset) and all(isinstance(i, str) for i in raw):
+        return [item.strip() for item in raw if item.strip()]
+    raise SettingsError(f"{name}: expected a list of strings")
 
 
 def load_settings(

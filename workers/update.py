@@ -184,6 +184,12 @@ class Updater:
             try:
                 if reference not in pulled:
                     pulled[reference] = self.runtime.pull(reference, authfile)
+                    log.info(
+                        "pulled %s: image %s",
+                        reference,
+                        pulled[reference].id[:12],
+                        extra={"unit": unit, "container": member.container.name},
+                    )
             except ContainerRuntimeError as error:
                 reason = str(error)
                 outcome.transient.append(reason)
@@ -217,10 +223,14 @@ class Updater:
             return
         pulled_at = elapsed()
 
+        log.info("restarting %s on the new image", unit, extra={"unit": unit})
         problem = self._restart_and_verify(unit, {m.container.name: new.id for m, new in changed})
         if problem is None:
             log.info(
-                "unit=%s updated to %s", unit, ", ".join(sorted({n.id[:12] for _, n in changed}))
+                "%s is active on %s",
+                unit,
+                ", ".join(sorted({n.id[:12] for _, n in changed})),
+                extra={"unit": unit},
             )
             done = elapsed()
             for member, new in changed:
@@ -237,7 +247,7 @@ class Updater:
                 )
             return
 
-        log.warning("unit=%s failed on the new image: %s", unit, problem)
+        log.warning("%s failed on the new image: %s", unit, problem, extra={"unit": unit})
         state, reason = UpdateState.FAILED, f"{problem}; rollback is off"
         if self.options.rollback:
             state, reason = self._roll_back(unit, changed, problem)
@@ -267,7 +277,7 @@ class Updater:
             unit, {m.container.name: m.container.image_id for m, _ in changed}
         )
         if second is None:
-            log.warning("unit=%s rolled back to the previous image", unit)
+            log.warning("%s rolled back to the previous image", unit, extra={"unit": unit})
             return UpdateState.ROLLED_BACK, f"{problem}; rolled back to the previous image"
         return UpdateState.FAILED, f"{problem}; rollback failed: {second}"
 

@@ -13,6 +13,7 @@ from rq import Worker
 from rq.serializers import JSONSerializer
 
 from workers.inventory import collect_inventory, publish_inventory
+from workers.logs import setup_logging
 from workers.podman_runtime import PodmanRuntime
 from workers.queueing import get_queue, register_host
 from workers.settings import Settings
@@ -54,6 +55,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     Registers the host first, so pushes queued from now on reach it. Returns whether any job
     was worked. Raises redis.RedisError when Redis is unreachable.
     """
+    setup_logging(settings)  # pool workers are fresh (spawned) processes
     redis = redis_from_settings(settings)
     register_host(redis, settings.host_id)
     worker = HostWorker(
