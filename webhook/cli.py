@@ -361,33 +361,102 @@ def jobs_cancel(job_id: str) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def hosts(as_json: bool) -> None:
-    """List the hosts registered in the fleet with their heartbeat age and queue depth."""
-    import time
+    """List the registered hosts: heartbeat age, queue depth, workers and what they run.
 
-    from workers.queueing import get_hosts, get_queue
+    Exits 1 when a host's workers have missed several heartbeats.
+    """
+    from workers.fleet import describe_hosts
 
-    settings = _settings()
-
-    def collect(redis: Any) -> list[dict[str, Any]]:
-        now = time.time()
-        return [
-            {
-                "host": host,
-                "heartbeat_age": round(now - beat, 1),
-                "queued": len(get_queue(redis, host)),
-            }
-            for host, beat in sorted(get_hosts(redis).items())
-        ]
-
-    found = _with_redis(settings, collect)
+    found = _with_redis(_settings(), describe_hosts)
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        click.echo(json.dumps([host.to_dict() for host in found], indent=2))
     elif not found:
         click.echo("no hosts registered; start `podhook worker` on each host")
     else:
-        rows = [("HOST", "HEARTBEAT", "QUEUED")]
-        rows += [(h["host"], f"{h['heartbeat_age']:.0f}s ago", str(h["queued"])) for h in found]
-        _print_table(rows)
+        _print_hosts(found)
+        for host in found:
+            for container in host.containers or []:
+                click.echo(
+                    f"  {host.host}: {container['name']} ({container.get('unit') or 'no unit'}) "
+                    f"runs {container['image']} [{container['image_id'][:12]}]"
+                )
+            if host.inventory_error:
+                click.echo(f"  {host.host}: Podman did not answer: {host.inventory_error}")
+    sys.exit(1 if any(host.stale for host in found) else 0)
+
+
+def _print_hosts(found: list[Any]) -> None:
+    rows = [("HOST", "HEARTBEAT", "QUEUED", "WORKERS", "FAILED", "CONTAINERS")]
+    for host in found:
+        age = f"{host.heartbeat_age:.0f}s ago" + (" (stale)" if host.stale else "")
+        count = "-" if host.containers is None else str(len(host.containers))
+        rows.append((host.host, age, str(host.queued), str(host.workers), str(host.failed), count))
+    _print_table(rows)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--recent",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="How many recent updates and failures to show.",
+)
+def status(as_json: bool, recent: int) -> None:
+    """One screen: Redis, hosts, queue depths, the last updates and failures.
+
+    Exits 0 when every host is alive and no job has failed among the recent ones, 1 otherwise
+    (and 1 when Redis cannot be reached).
+    """
+    from workers.fleet import describe_fleet
+
+    fleet = _with_redis(_settings(), lambda r: describe_fleet(r, recent=recent))
+    healthy = not fleet.failures and not any(host.stale for host in fleet.hosts)
+    if as_json:
+        click.echo(json.dumps({**fleet.to_dict(), "healthy": healthy}, indent=2))
+        sys.exit(0 if healthy else 1)
+    click.echo(f"redis     {fleet.redis_version}, {fleet.redis_used_memory_human} used")
+    if fleet.hosts:
+        _print_hosts(fleet.hosts)
+    else:
+        click.echo("hosts     none registered; start `podhook worker` on each host")
+    orphans = {
+        q: n
+        for q, n in fleet.queues.items()
+        if q.removeprefix("podhook-") not in {h.host for h in fleet.hosts}
+    }
+    for queue, depth in sorted(orphans.items()):
+        click.echo(f"queue     {queue}: {depth} waiting, no registered host")
+    click.echo("\nrecent updates")
+    if not fleet.updates:
+        click.echo("  none")
+    for update in fleet.updates:
+        stamp = _clock(update.received_at or update.time)
+        for job in update.jobs:
+            states = (
+                ", ".join(
+                    sorted(
+                        {
+                            o.get("state", "?")
+                            for outcome in job.outcomes
+                            for o in outcome.get("containers", [])
+                        }
+                    )
+                )
+                or job.state
+                or "expired"
+            )
+            click.echo(f"  {stamp} {job.reference} on {job.host}: {states}")
+    click.echo("\nrecent failures")
+    if not fleet.failures:
+        click.echo("  none")
+    for failure in fleet.failures:
+        click.echo(
+            f"  {_clock(failure.time)} {failure.reference} on {failure.host}: {failure.container} "
+            f"({failure.unit or '-'}) {failure.state}: {failure.reason}"
+        )
+    sys.exit(0 if healthy else 1)
 
 
 def _with_redis(settings: Settings, action: Any) -> Any:

@@ -6,6 +6,8 @@ from typing import Any
 
 from rq import get_current_job
 
+from workers import audit
+
 
 def _report(event: dict[str, Any], state: str, reason: str) -> dict[str, Any]:
     return {
@@ -31,19 +33,24 @@ def _report(event: dict[str, Any], state: str, reason: str) -> dict[str, Any]:
     }
 
 
+def _save(report: dict[str, Any]) -> None:
+    """Keep the report where workers/jobs.py keeps it: job meta and the audit trail."""
+    job = get_current_job()
+    report["job"] = job.id
+    job.meta["report"] = report
+    job.save_meta()
+    audit.record(job.connection, "outcome", report, retention_seconds=3600)
+
+
 def finish_updated(event: dict[str, Any]) -> dict[str, Any]:
     """Finish like a job that updated one container."""
     report = _report(event, "updated", "restarted container-web.service on the new image")
-    job = get_current_job()
-    job.meta["report"] = report
-    job.save_meta()
+    _save(report)
     return report
 
 
 def fail_rolled_back(event: dict[str, Any]) -> None:
     """Fail like a job whose new image did not come up."""
-    job = get_current_job()
-    job.meta["report"] = _report(event, "rolled_back", "unit is failed; rolled back")
-    job.save_meta()
-    job.retries_left = 0
+    _save(_report(event, "rolled_back", "unit is failed; rolled back"))
+    get_current_job().retries_left = 0
     raise RuntimeError("web: rolled_back: restarting 'container-web.service': unit is failed")

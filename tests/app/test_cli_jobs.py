@@ -123,3 +123,47 @@ def test_since_accepts_durations_and_iso_times():
     assert parse_since("2026-01-02T03:04:05") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with pytest.raises(Exception, match="neither a duration"):
         parse_since("yesterday")
+
+
+def test_hosts_lists_workers_and_inventory(cli, seeded, redis):
+    from workers.inventory import publish_inventory
+
+    publish_inventory(
+        redis,
+        "web-1",
+        {
+            "collected_at": 0,
+            "containers": [
+                {
+                    "id": "c1",
+                    "name": "web",
+                    "unit": "container-web.service",
+                    "image": "registry.example.com/team/web:1",
+                    "image_id": "f" * 64,
+                    "policy": "registry",
+                }
+            ],
+        },
+    )
+    result = cli("hosts")
+    assert result.exit_code == 0, result.output
+    assert "web-1" in result.output
+    assert "web (container-web.service) runs registry.example.com/team/web:1" in result.output
+    [host] = json.loads(cli("hosts", "--json").output)
+    assert host["host"] == "web-1" and host["queued"] == 1 and host["failed"] == 1
+
+
+def test_status_shows_failures_and_exits_1(cli, seeded):
+    result = cli("status")
+    assert result.exit_code == 1, result.output
+    assert "recent failures" in result.output and "rolled_back" in result.output
+    assert "registry.example.com/team/web:1" in result.output
+    report = json.loads(cli("status", "--json").output)
+    assert report["healthy"] is False and report["hosts"][0]["host"] == "web-1"
+
+
+def test_status_of_a_healthy_fleet_exits_0(cli, redis):
+    register_host(redis, "web-1")
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert "recent failures\n  none" in result.output
