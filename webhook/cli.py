@@ -123,14 +123,19 @@ def run(bind: str | None) -> None:
 @main.command()
 @click.option("--source", required=True, help="Webhook source (distribution, harbor, ...).")
 @click.option("--header", "headers", multiple=True, help="A request header, 'Name: value'.")
+@click.option(
+    "--registry", help="Registry host for sources whose payloads name none (zot, Nexus, ...)."
+)
 @click.argument("payload", type=click.File("rb"))
-def parse(source: str, headers: tuple[str, ...], payload: Any) -> None:
+def parse(source: str, headers: tuple[str, ...], registry: str | None, payload: Any) -> None:
     """Print the push events a webhook payload yields, without queuing anything.
 
-    Prints {"events": [...], "ignored": N}; exits 2 with the reason on stderr for a payload
-    that cannot be read.
+    Prints {"events": [...], "ignored": N}; an event whose payload names no registry host has
+    "registry": null unless --registry gives one. Exits 2 with the reason on stderr for a
+    payload that cannot be read.
     """
-    from webhook.sources import PayloadError, get_source, source_names
+    from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source, source_names
+    from workers.reference import normalize_registry
 
     adapter = get_source(source)
     if adapter is None:
@@ -148,10 +153,19 @@ def parse(source: str, headers: tuple[str, ...], payload: Any) -> None:
     except PayloadError as error:
         click.echo(f"podhook parse: {source} payload: {error}", err=True)
         sys.exit(2)
-    events = [
-        {"registry": e.registry, "repository": e.repository, "tag": e.tag, "digest": e.digest}
-        for e in result.events
-    ]
+    events = []
+    for event in result.events:
+        host: str | None = event.registry
+        if host == UNKNOWN_REGISTRY:
+            host = normalize_registry(registry) if registry else None
+        events.append(
+            {
+                "registry": host,
+                "repository": event.repository,
+                "tag": event.tag,
+                "digest": event.digest,
+            }
+        )
     output: dict[str, Any] = {"events": events, "ignored": result.ignored}
     if result.reply is not None:
         output["reply"] = result.reply

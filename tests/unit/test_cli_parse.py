@@ -108,3 +108,21 @@ def test_recorded_registry_envelopes():
             "events": [],
             "ignored": 1,
         }
+
+
+def test_sources_without_a_host_print_null_or_the_given_registry():
+    path = str(PAYLOADS / "nexus" / "nexus-component-created-flux-recv.json")
+    [event] = json.loads(run("--source", "nexus", path).output)["events"]
+    assert event["registry"] is None and event["repository"] == "app1/alpine"
+    [event] = json.loads(run("--source", "nexus", "--registry", "Nexus.Example.com", path).output)[
+        "events"
+    ]
+    assert event["registry"] == "nexus.example.com"
+
+
+def test_headers_reach_the_parser():
+    path = str(PAYLOADS / "gitea" / "gitea-package-created.json")
+    result = run("--source", "gitea", "--header", "X-Gitea-Event: package", path)
+    assert json.loads(result.output)["events"][0]["tag"] == "1.4.2"
+    bad = run("--source", "gitea", "--header", "no colon", path)
+    assert bad.exit_code == 2 and "is not 'Name: value'" in bad.output
