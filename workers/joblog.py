@@ -131,16 +131,26 @@ def _fetch(redis: Redis, job_id: str) -> Job | None:
         return None
 
 
-def retry_job(redis: Redis, job_id: str) -> JobRecord:
-    """Queue a failed job again on its host's queue. Raises JobActionError otherwise."""
+def _fetch_in_state(redis: Redis, job_id: str, allowed: tuple[JobStatus, ...], rule: str) -> Job:
+    """The job, if it exists and is in one of the ``allowed`` states; else JobActionError."""
     job = _fetch(redis, job_id)
     if job is None:
         raise JobActionError(f"no job {job_id!r} (unknown or expired)")
     state = job.get_status()
-    if state not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        raise JobActionError(
-            f"job {job_id} is {_state_name(state)}, only failed or cancelled jobs are retried"
-        )
+    if state not in allowed:
+        raise JobActionError(f"job {job_id} is {_state_name(state)}; {rule}")
+    return job
+
+
+def retry_job(redis: Redis, job_id: str) -> JobRecord:
+    """Queue a failed job again on its host's queue. Raises JobActionError otherwise."""
+    job = _fetch_in_state(
+        redis,
+        job_id,
+        (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED),
+        "only failed or cancelled jobs are retried",
+    )
+    state = job.get_status()
     queue = get_queue(redis, job.origin.removeprefix("podhook-"))
     if state is JobStatus.FAILED:
         queue.failed_job_registry.requeue(job)
@@ -165,14 +175,12 @@ def cancel_job(redis: Redis, job_id: str) -> JobRecord:
 
     Raises JobActionError for an unknown job or one that is not waiting.
     """
-    job = _fetch(redis, job_id)
-    if job is None:
-        raise JobActionError(f"no job {job_id!r} (unknown or expired)")
-    state = job.get_status()
-    if state not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-        raise JobActionError(
-            f"job {job_id} is {_state_name(state)}; only waiting jobs can be cancelled"
-        )
+    job = _fetch_in_state(
+        redis,
+        job_id,
+        (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED),
+        "only waiting jobs can be cancelled",
+    )
     job.cancel()
     return _record(job)
 
