@@ -83,7 +83,9 @@ fi
 
 stamp="$VENV/.podhook-install-stamp"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)$EXTRA"
-if ((FORCE_PIP)) || [[ ! -f $stamp ]] || [[ "$(cat "$stamp")" != "$want" ]] \
+# A test install ("<hash>[test]") holds everything a runtime install ("<hash>") needs.
+have="$(cat "$stamp" 2>/dev/null || true)"
+if ((FORCE_PIP)) || [[ "$have" != "$want" && "$have" != "$want[test]" ]] \
     || ! "$VENV/bin/python" -c "import $IMPORTS" 2>/dev/null; then
     log "pip install -e '.$EXTRA'"
     pip_log="$(mktemp)"

@@ -53,6 +53,9 @@ def start_private_redis(state_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             str(state_dir / "redis.log"),
         ],
         stdin=subprocess.DEVNULL,
+        # Its own session: Ctrl-C in the terminal must not stop Redis before the app and the
+        # worker are done with it; run_all stops it last.
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while not socket_path.exists():
