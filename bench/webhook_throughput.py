@@ -14,8 +14,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,26 +24,14 @@ from pathlib import Path
 
 from redis import Redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+import harness  # noqa: E402
+
 from workers.queueing import register_host  # noqa: E402
 
 TOKEN = "bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 def envelope(index: int) -> bytes:
@@ -70,7 +56,7 @@ def envelope(index: int) -> bytes:
 
 
 def run(workers: int, deliveries: int, clients: int, redis_url: str) -> dict[str, float]:
-    port = free_port()
+    port = harness.free_port()
     env = {**os.environ, "PODHOOK_REDIS_URL": redis_url, "PODHOOK_WEBHOOK_TOKEN": TOKEN}
     podhook = str(Path(sys.executable).parent / "podhook")
     server = subprocess.Popen(
@@ -80,7 +66,7 @@ def run(workers: int, deliveries: int, clients: int, redis_url: str) -> dict[str
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port)
+        harness.wait_for(lambda: harness.port_open(port), 20, "gunicorn")
         redis = Redis.from_url(redis_url)
         redis.flushall()
         register_host(redis, "bench-host")
@@ -126,34 +112,13 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (scripts/install-deps.sh)")
     with tempfile.TemporaryDirectory() as workdir:
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        redis = harness.start_redis(Path(workdir))
         try:
-            wait_port(redis_port)
-            url = f"redis://127.0.0.1:{redis_port}/0"
             print(f"{args.deliveries} deliveries, {args.clients} clients, each queuing one job")
             figures = {}
             for workers in (1, 2):
-                figures[workers] = run(workers, args.deliveries, args.clients, url)
+                figures[workers] = run(workers, args.deliveries, args.clients, redis.url)
                 f = figures[workers]
                 print(
                     f"gunicorn workers={workers}: {f['per_second']:7.0f} deliveries/s  "
@@ -162,8 +127,7 @@ def main() -> None:
             ratio = figures[2]["per_second"] / figures[1]["per_second"]
             print(f"ratio 2 workers / 1 worker: {ratio:.2f}x")
         finally:
-            redis.terminate()
-            redis.wait(timeout=10)
+            redis.stop()
 
 
 if __name__ == "__main__":

@@ -3,66 +3,30 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
+# The integration harness is plain code in tests/integration (imported as `harness` there).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+from harness import free_port, start_redis  # noqa: E402
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["free_port"]
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a private redis-server started for this test session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (scripts/install-deps.sh installs it)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="podhook-redis-") as workdir:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    process.kill()
-                    raise
-                time.sleep(0.05)
-        client.close()
-        try:
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
