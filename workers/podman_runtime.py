@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podman import PodmanClient
-from podman.errors import APIError, PodmanError
+from podman.errors import APIError, NotFound, PodmanError
 
 AUTOUPDATE_LABEL = "io.containers.autoupdate"
 AUTHFILE_LABEL = "io.containers.autoupdate.authfile"
@@ -81,13 +81,18 @@ def registry_auth(authfile: str, registry: str) -> dict[str, str] | None:
     """
     try:
         with open(authfile, encoding="utf-8") as handle:
-            auths = json.load(handle).get("auths", {})
-    except (OSError, ValueError) as error:
+            entry = json.load(handle)["auths"].get(registry)
+        if not entry or "auth" not in entry:
+            return None
+        decoded = base64.b64decode(entry["auth"], validate=True).decode()
+    except OSError as error:
         raise ContainerRuntimeError(f"reading authfile {authfile}: {error}") from error
-    entry = auths.get(registry)
-    if not entry or "auth" not in entry:
-        return None
-    username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        # binascii.Error and UnicodeDecodeError are ValueErrors too.
+        raise ContainerRuntimeError(
+            f"authfile {authfile} is not a containers-auth.json file ({type(error).__name__})"
+        ) from None
+    username, _, password = decoded.partition(":")
     return {"username": username, "password": password}
 
 
@@ -120,11 +125,16 @@ class PodmanRuntime:
         for entry in listed:
             # The list's "Image" may be an id; inspect has the reference the container was
             # created with, which is what Podman's own auto-update pulls.
-            data = self._call(
-                f"inspecting container {entry['Id'][:12]}",
-                "get",
-                f"/containers/{entry['Id']}/json",
-            ).json()
+            try:
+                data = self._call(
+                    f"inspecting container {entry['Id'][:12]}",
+                    "get",
+                    f"/containers/{entry['Id']}/json",
+                ).json()
+            except ContainerRuntimeError as error:
+                if isinstance(error.__cause__, NotFound):
+                    continue  # removed since it was listed (a unit restarting elsewhere)
+                raise
             containers.append(
                 Container(
                     id=data["Id"],

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from workers.events import PushEvent
-from workers.locks import UnitLocks
+from workers.locks import LockTimeoutError, UnitLocks
 from workers.podman_runtime import (
     AUTHFILE_LABEL,
     Container,
@@ -90,16 +90,34 @@ class Updater:
                 assert container.unit is not None
                 by_unit[container.unit].append(member_or_row)
         for unit in sorted(by_unit):
-            with self.locks.hold(unit):
-                # Another worker may have restarted this unit while we waited for the lock:
-                # decide on the containers as they are now, not as they were listed.
-                members = [
-                    member
-                    for container in self.runtime.list_autoupdate_containers()
-                    if container.unit == unit
-                    and isinstance(member := self._classify(container, event), _Member)
-                ]
-                self._update_unit(unit, members, event, started, outcome)
+            try:
+                with self.locks.hold(unit):
+                    # Another worker may have restarted this unit while we waited for the
+                    # lock: decide on the containers as they are now, not as they were listed.
+                    members = [
+                        member
+                        for container in self.runtime.list_autoupdate_containers()
+                        if container.unit == unit
+                        and isinstance(member := self._classify(container, event), _Member)
+                    ]
+                    self._update_unit(unit, members, event, started, outcome)
+            except (ContainerRuntimeError, LockTimeoutError) as error:
+                # Raised before any restart (restarts report their own failures): nothing
+                # changed, so the job may try again; the other units go on.
+                reason = str(error)
+                outcome.transient.append(reason)
+                reported = {row.container_id for row in outcome.rows}
+                for member in by_unit[unit]:
+                    if member.container.id not in reported:
+                        outcome.rows.append(
+                            _row(
+                                member.container,
+                                member.ref,
+                                UpdateState.FAILED,
+                                reason,
+                                old=member.container.image_id,
+                            )
+                        )
         return outcome
 
     def _classify(self, container: Container, event: PushEvent) -> _Member | ContainerReport | None:
@@ -115,7 +133,8 @@ class Updater:
         # list; it is reported, never pulled.
         elif event.repository not in (ref.repository, ref.repository.removeprefix("library/")):
             return None
-        if ref.tag != event.tag:
+        # A reference pinned by digest names one image for good, whatever the tag does.
+        if ref.tag != event.tag or ref.digest is not None:
             return None
 
         def skipped(reason: str) -> ContainerReport:
@@ -287,10 +306,11 @@ class Updater:
         Returns None on success, or what went wrong, naming the unit.
         """
         try:
-            before = self.units.get_state(unit).restarts
             result = self.units.restart(unit, self.options.restart_timeout)
             if result != "done":
                 return f"restarting {unit!r}: job result {result!r}"
+            # Read after the restart: systemd resets NRestarts when a unit is started by hand.
+            before = self.units.get_state(unit).restarts
             # A container that exits right after start still lets the start job finish
             # "done"; watch the unit for a while before calling the restart a success.
             deadline = time.monotonic() + self.options.settle_seconds
@@ -305,10 +325,9 @@ class Updater:
                 time.sleep(min(0.25, self.options.settle_seconds))
         except UnitError as error:
             return str(error)
-        try:
-            running = {c.name: c.image_id for c in self.runtime.list_autoupdate_containers()}
-        except ContainerRuntimeError as error:
-            return f"checking {unit!r} after the restart: {error}"
+        running = self._running_images(unit)
+        if running is None:
+            return f"checking {unit!r} after the restart: Podman did not answer"
         for name, image_id in expected_images.items():
             if running.get(name) != image_id:
                 now = running.get(name)
@@ -317,6 +336,24 @@ class Updater:
                     f"restarting {unit!r}: container {name!r} runs {shown}, not {image_id[:12]} "
                     "(units must be generated with `podman generate systemd --new` or Quadlet)"
                 )
+        return None
+
+    def _running_images(self, unit: str) -> dict[str, str] | None:
+        """Image ids of the unit's running containers by name; None if Podman keeps failing.
+
+        Other units restart meanwhile (other workers), so a listing may fail once for reasons
+        that have nothing to do with this unit: it is tried again before giving up.
+        """
+        for attempt in range(3):
+            try:
+                return {
+                    c.name: c.image_id
+                    for c in self.runtime.list_autoupdate_containers()
+                    if c.unit == unit
+                }
+            except ContainerRuntimeError as error:
+                log.warning("listing containers after restarting %s: %s", unit, error)
+                time.sleep(0.5 * (attempt + 1))
         return None
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.events import make_event
+from workers.locks import LockTimeoutError
 from workers.report import UpdateState
 from workers.update import UpdateOptions, Updater
 
@@ -187,3 +188,28 @@ def test_decides_on_containers_as_they_are_once_the_unit_lock_is_held(runtime):
     outcome = updater.apply(push())
     assert states(outcome) == {"web": UpdateState.UNCHANGED}
     assert runtime.pulls == [] and units.restarts == []
+
+
+def test_containers_pinned_by_digest_are_not_concerned(runtime):
+    runtime.run("pinned", f"{REF}@{D1}", V1, PODMAN_SYSTEMD_UNIT="pinned.service")
+    updater, units = make_updater(runtime)
+    assert updater.apply(push()).rows == []
+    assert runtime.pulls == [] and units.restarts == []
+
+
+def test_a_unit_that_cannot_be_handled_fails_alone_and_the_others_go_on(runtime):
+    runtime.run("broken", REF, V1, PODMAN_SYSTEMD_UNIT="a.service")
+    runtime.run("fine", REF, V1, PODMAN_SYSTEMD_UNIT="b.service")
+    updater, units = make_updater(runtime)
+
+    class UnitALocked(FakeLocks):
+        def hold(self, unit):
+            if unit == "a.service":
+                raise LockTimeoutError("unit 'a.service' stayed locked by another worker")
+            return super().hold(unit)
+
+    updater.locks = UnitALocked()
+    outcome = updater.apply(push())
+    assert states(outcome) == {"broken": UpdateState.FAILED, "fine": UpdateState.UPDATED}
+    assert outcome.transient == ["unit 'a.service' stayed locked by another worker"]
+    assert units.restarts == ["b.service"]
