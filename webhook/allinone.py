@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from workers.settings import Settings
+from workers.settings import Settings, redact_url
 
 REDIS_MISSING = (
     "redis-server is not installed and PODHOOK_REDIS_URL is not set; "
@@ -92,7 +92,7 @@ def run_all(settings: Settings) -> int:
     env = dict(os.environ)
     if settings.redis_url:
         redis_url = settings.redis_url
-        _say(f"using Redis at {redis_url}")
+        _say(f"using Redis at {redact_url(redis_url)}")
     else:
         process, redis_url = start_private_redis(state_dir)
         children.append(("redis", process))

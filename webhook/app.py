@@ -40,7 +40,12 @@ def create_app(
         needs_registry=needs_registry,
     )
     if redis is None:
-        redis = Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+        # Short timeouts: a delivery must get its 503 before the sender (or gunicorn) gives up.
+        redis = Redis.from_url(
+            settings.redis_url or "redis://127.0.0.1:6379/0",
+            socket_connect_timeout=3,
+            socket_timeout=5,
+        )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

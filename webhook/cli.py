@@ -13,7 +13,7 @@ from typing import Any, cast
 import click
 from werkzeug.datastructures import Headers
 
-from workers.settings import Settings, SettingsError, load_settings
+from workers.settings import Settings, SettingsError, load_settings, redact_url
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -91,6 +91,8 @@ def worker(burst: bool, processes: int, host_id: str | None) -> None:
     """Apply pushes queued for this host: pull and restart the matching units."""
     _setup_logging()
     settings = _settings(host_id=host_id)
+    # Pool processes and jobs read their settings again: they must see the same host.
+    os.environ["PODHOOK_HOST_ID"] = settings.host_id
     from redis.exceptions import RedisError
 
     from workers.worker import run_pool, run_worker
@@ -101,7 +103,7 @@ def worker(burst: bool, processes: int, host_id: str | None) -> None:
         else:
             run_pool(settings, processes, burst=burst)
     except RedisError as error:
-        raise click.ClickException(f"Redis at {settings.redis_url}: {error}") from None
+        raise click.ClickException(f"Redis at {redact_url(settings.redis_url)}: {error}") from None
 
 
 @main.command()
@@ -173,7 +175,7 @@ def parse(source: str, headers: tuple[str, ...], registry: str | None, payload: 
 
 
 def _redis(settings: Settings) -> Any:
-    from workers.worker import redis_from_settings
+    from workers.queueing import redis_from_settings
 
     return redis_from_settings(settings)
 
@@ -372,13 +374,17 @@ def jobs_cancel(job_id: str) -> None:
     click.echo(f"job {record.id} is {record.state}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def hosts(as_json: bool) -> None:
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool) -> None:
     """List the registered hosts: heartbeat age, queue depth, workers and what they run.
 
-    Exits 1 when a host's workers have missed several heartbeats.
+    Exits 1 when a host's workers have missed several heartbeats. `hosts forget HOST` stops
+    queuing pushes for a host that is gone.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from workers.fleet import describe_hosts
 
     found = _with_redis(_settings(), describe_hosts)
@@ -397,6 +403,21 @@ def hosts(as_json: bool) -> None:
             if host.inventory_error:
                 click.echo(f"  {host.host}: Podman did not answer: {host.inventory_error}")
     sys.exit(1 if any(host.stale for host in found) else 0)
+
+
+@hosts.command("forget")
+@click.argument("host")
+def hosts_forget(host: str) -> None:
+    """Stop queuing pushes for HOST (a host that is retired). Its queue is left as it is.
+
+    A worker of that host that starts again registers it again.
+    """
+    from workers.queueing import forget_host
+
+    if not _with_redis(_settings(), lambda r: forget_host(r, host)):
+        click.echo(f"podhook: host {host!r} is not registered", err=True)
+        sys.exit(1)
+    click.echo(f"forgot host {host}; pushes are no longer queued for it")
 
 
 def _print_hosts(found: list[Any]) -> None:
@@ -479,7 +500,7 @@ def _with_redis(settings: Settings, action: Any) -> Any:
     try:
         return action(_redis(settings))
     except RedisError as error:
-        raise click.ClickException(f"Redis at {settings.redis_url}: {error}") from None
+        raise click.ClickException(f"Redis at {redact_url(settings.redis_url)}: {error}") from None
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:

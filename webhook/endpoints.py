@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from workers.reference import InvalidReferenceError, normalize_registry, parse_reference
+
 
 class EndpointConfigError(ValueError):
     """Raised at start-up for an endpoint table that cannot work."""
@@ -49,6 +51,14 @@ class Delivery:
 _KEYS = {"source", "secret", "registry", "header", "insecure"}
 
 
+def _is_registry_host(text: str) -> bool:
+    try:
+        ref = parse_reference(f"{text}/probe:tag")
+    except InvalidReferenceError:
+        return False
+    return ref.fully_qualified and ref.registry == normalize_registry(text)
+
+
 def build_endpoints(
     table: Mapping[str, Any],
     *,
@@ -79,7 +89,17 @@ def build_endpoints(
             raise EndpointConfigError(
                 f"endpoint {name!r}: unknown source {source!r} (known: {', '.join(source_names)})"
             )
+        for key in ("secret", "registry", "header"):
+            if key in raw and not (isinstance(raw[key], str) and raw[key]):
+                raise EndpointConfigError(f"endpoint {name!r}: {key} must be a non-empty string")
+        if "insecure" in raw and not isinstance(raw["insecure"], bool):
+            raise EndpointConfigError(f"endpoint {name!r}: insecure must be true or false")
         registry = raw.get("registry")
+        if registry is not None and not _is_registry_host(registry):
+            raise EndpointConfigError(
+                f"endpoint {name!r}: registry {registry!r} is not a host[:port] "
+                "(no scheme, no path)"
+            )
         if source in needs_registry and not registry:
             raise EndpointConfigError(
                 f"endpoint {name!r}: source {source!r} payloads name no registry host; "
@@ -91,6 +111,6 @@ def build_endpoints(
             secret=raw.get("secret", default_secret),
             registry=registry,
             header=raw.get("header"),
-            insecure=bool(raw.get("insecure", insecure)),
+            insecure=raw.get("insecure", insecure),
         )
     return endpoints

@@ -96,6 +96,13 @@ def receive(name: str, secret: str | None = None) -> Any:
         metrics.record_delivery(redis, endpoint.source, "bad_payload")
         log.warning("bad delivery to endpoint=%s: %s", name, error, extra={**fields, "status": 400})
         return _refuse(400, f"{endpoint.source} payload: {error}")
+    except Exception:
+        # An adapter tripped over a body it did not expect (deeply nested JSON, a list where a
+        # string belongs). It is the body that is wrong: a 500 would make senders retry it
+        # forever. The traceback is logged for the adapter to be fixed.
+        metrics.record_delivery(redis, endpoint.source, "bad_payload")
+        log.exception("%s adapter could not read a delivery to endpoint=%s", endpoint.source, name)
+        return _refuse(400, f"{endpoint.source} payload: not a body this source sends")
     fields["delivery"] = parsed.delivery
     if parsed.reply is not None:
         metrics.record_delivery(redis, endpoint.source, "handshake")
@@ -117,7 +124,11 @@ def receive(name: str, secret: str | None = None) -> Any:
         for event in events:
             new_jobs = 0
             for job in enqueue_push(
-                redis, event, retries=settings.job_retries, result_ttl=settings.result_ttl
+                redis,
+                event,
+                retries=settings.job_retries,
+                result_ttl=settings.result_ttl,
+                job_timeout=settings.job_timeout,
             ):
                 jobs.append(
                     {

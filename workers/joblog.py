@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -152,10 +152,14 @@ def retry_job(redis: Redis, job_id: str) -> JobRecord:
     )
     state = job.get_status()
     queue = get_queue(redis, job.origin.removeprefix("podhook-"))
-    if state is JobStatus.FAILED:
-        queue.failed_job_registry.requeue(job)
-    else:
-        queue.enqueue_job(job)
+    try:
+        if state is JobStatus.FAILED:
+            queue.failed_job_registry.requeue(job)
+        else:
+            queue.enqueue_job(job)
+    except (InvalidJobOperation, NoSuchJobError):
+        # Someone else retried it between our look and our move.
+        raise JobActionError(f"job {job_id} was retried meanwhile") from None
     return _record(job)
 
 
@@ -165,7 +169,10 @@ def retry_failed(redis: Redis, host: str | None = None) -> list[str]:
     for name in [host] if host else sorted(get_hosts(redis)):
         registry = get_queue(redis, name).failed_job_registry
         for job_id in registry.get_job_ids():
-            registry.requeue(job_id)
+            try:
+                registry.requeue(job_id)
+            except (InvalidJobOperation, NoSuchJobError):
+                continue  # retried by someone else meanwhile, or expired
             retried.append(job_id)
     return retried
 

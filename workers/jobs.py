@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from workers.locks import RedisUnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
 from workers.podman_runtime import PodmanRuntime
+from workers.queueing import redis_from_settings
 from workers.report import FAILURE_STATES, summarize
 from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager
@@ -46,8 +46,10 @@ def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
     event = PushEvent.from_dict(event_data)
     settings = load_settings()
     job = get_current_job()
-    redis = job.connection if job is not None else Redis.from_url(settings.redis_url or "")
-    host = settings.host_id or socket.gethostname()
+    redis = job.connection if job is not None else redis_from_settings(settings)
+    # The host whose queue the job came from; PODHOOK_HOST_ID may be unset in a worker
+    # started with --host-id.
+    host = (job.meta.get("host") if job is not None else None) or settings.host_id
     with log_context(
         source=event.source or None,
         delivery=event.delivery,
@@ -68,7 +70,8 @@ def _apply(
         updater = Updater(
             runtime,
             DBusUnitManager(settings.systemd_bus),
-            RedisUnitLocks(redis, host),
+            # A lock lives as long as a job may, and a wait ends while the job can still report.
+            RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2),
             UpdateOptions(
                 dry_run=settings.dry_run,
                 rollback=settings.rollback,

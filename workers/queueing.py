@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -10,16 +9,19 @@ from datetime import timedelta
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from workers.events import PushEvent
+from workers.settings import Settings
 
 HOSTS_KEY = "podhook:hosts"
 DELIVERIES_KEY = "podhook:delivery:{endpoint}:{delivery}"
 RECENT_KEY = "podhook:recent:{host}:{reference}"
+LAST_DIGEST_KEY = "podhook:last-digest:{host}:{reference}"
 JOB_FUNCTION = "workers.jobs.apply_push"
 
 # A digest-less push (Docker Hub, Quay, ...) waits this long before it runs, so that the
@@ -31,7 +33,9 @@ DIGESTLESS_WINDOW_SECONDS = 60
 DELIVERY_MEMORY_SECONDS = 3 * 24 * 3600
 # Backoff between attempts of a job that failed for a passing reason (registry or Podman down).
 RETRY_INTERVALS = [10, 30, 90]
-JOB_TIMEOUT_SECONDS = 900
+# How long one job may run before RQ stops it: a pull and two restarts with their settle
+# windows per unit, for several units. Per-unit locks live as long, and waits end sooner.
+DEFAULT_JOB_TIMEOUT_SECONDS = 1800
 
 
 class NoHostsError(RuntimeError):
@@ -45,6 +49,11 @@ class QueuedJob:
     host: str
     job_id: str
     duplicate: bool
+
+
+def redis_from_settings(settings: Settings) -> Redis:
+    """A Redis client for the configured URL (the local default when none is set)."""
+    return Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
 
 
 def queue_name(host: str) -> str:
@@ -97,16 +106,15 @@ def _get_text(redis: Redis, key: str) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw  # type: ignore[return-value]
 
 
-def _coalesced_job(redis: Redis, recent_key: str) -> bool:
-    """Whether the job remembered under ``recent_key`` has not started yet."""
-    job_id = _get_text(redis, recent_key)
-    if job_id is None:
-        return False
+def _job_status(redis: Redis, job_id: str) -> JobStatus | None:
+    """The status of a job, or None when there is no such job (any more)."""
     try:
-        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
+        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
     except NoSuchJobError:
-        return True  # a concurrent delivery claimed the window and is queuing its job now
-    return status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED)
+        return None
+
+
+_WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED)
 
 
 def enqueue_push(
@@ -116,58 +124,103 @@ def enqueue_push(
     retries: int = 3,
     result_ttl: int = 7 * 24 * 3600,
     coalesce_seconds: float = DIGESTLESS_DELAY_SECONDS,
+    job_timeout: int = DEFAULT_JOB_TIMEOUT_SECONDS,
 ) -> list[QueuedJob]:
     """Queue ``event`` once on the queue of every registered host.
 
-    A push with a digest gets the job id ``job_id_for(host, event)``; RQ's unique enqueue makes
-    a repeat a no-op. A push without a digest is scheduled ``coalesce_seconds`` ahead, and
-    further deliveries for that host and reference join it while it has not started: senders
-    fan one push out into several deliveries, and the job pulls whatever the tag names when it
-    runs, so nothing is lost. Raises NoHostsError when no host is registered, and
+    A push with a digest gets the job id ``job_id_for(host, event)``: a repeat is a duplicate
+    while that job waits or runs, and after it finished as long as no other digest was queued
+    for the reference since (a tag moved back to an older image is a new push, and so is a
+    push whose job failed). A push without a digest is scheduled ``coalesce_seconds`` ahead,
+    and further deliveries for that host and reference join it while it has not started:
+    senders fan one push out into several deliveries, and the job pulls whatever the tag names
+    when it runs, so nothing is lost. Raises NoHostsError when no host is registered, and
     redis.RedisError when Redis fails (jobs already queued stay queued and dedupe on retry).
     """
     hosts = sorted(get_hosts(redis))
     if not hosts:
         raise NoHostsError("no worker host has registered; start `podhook worker` on a host")
+    options: dict[str, Any] = {
+        "args": (event.to_dict(),),
+        "job_timeout": job_timeout,
+        "result_ttl": result_ttl,
+        "failure_ttl": result_ttl,
+        "retry": Retry(max=retries, interval=RETRY_INTERVALS) if retries > 0 else None,
+        "description": f"push {event.reference} {event.digest or '(no digest)'}",
+    }
     results = []
     for host in hosts:
         queue = get_queue(redis, host)
-        options: dict[str, Any] = {
-            "args": (event.to_dict(),),
-            "job_timeout": JOB_TIMEOUT_SECONDS,
-            "result_ttl": result_ttl,
-            "failure_ttl": result_ttl,
-            "retry": Retry(max=retries, interval=RETRY_INTERVALS) if retries > 0 else None,
-            "description": f"push {event.reference} {event.digest or '(no digest)'}",
-            "meta": {"host": host, "event": event.to_dict()},
-            "unique": True,
-        }
+        meta = {"host": host, "event": event.to_dict()}
         if event.digest is not None:
-            job_id = job_id_for(host, event)
-            try:
-                queue.enqueue(JOB_FUNCTION, job_id=job_id, **options)
-            except DuplicateJobError:
-                results.append(QueuedJob(host, job_id, duplicate=True))
-                continue
-            results.append(QueuedJob(host, job_id, duplicate=False))
-            continue
-
-        recent = RECENT_KEY.format(host=host, reference=event.reference)
-        job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
-        window = int(coalesce_seconds) + DIGESTLESS_WINDOW_SECONDS
-        claimed = redis.set(recent, job_id, nx=True, ex=window)
-        if not claimed:
-            if _coalesced_job(redis, recent):
-                results.append(QueuedJob(host, _get_text(redis, recent) or job_id, duplicate=True))
-                continue
-            redis.set(recent, job_id, ex=window)
-        try:
-            queue.enqueue_in(
-                timedelta(seconds=coalesce_seconds), JOB_FUNCTION, job_id=job_id, **options
+            results.append(_enqueue_digest(redis, queue, host, event, meta, options, result_ttl))
+        else:
+            window = int(coalesce_seconds) + DIGESTLESS_WINDOW_SECONDS
+            results.append(
+                _enqueue_coalesced(
+                    redis, queue, host, event, meta, options, coalesce_seconds, window
+                )
             )
-        except Exception:
-            with contextlib.suppress(Exception):
-                redis.delete(recent)
-            raise
-        results.append(QueuedJob(host, job_id, duplicate=False))
     return results
+
+
+def _enqueue_digest(
+    redis: Redis,
+    queue: Queue,
+    host: str,
+    event: PushEvent,
+    meta: dict[str, Any],
+    options: dict[str, Any],
+    result_ttl: int,
+) -> QueuedJob:
+    job_id = job_id_for(host, event)
+    last_key = LAST_DIGEST_KEY.format(host=host, reference=event.reference)
+    status = _job_status(redis, job_id)
+    if status in (*_WAITING, JobStatus.STARTED) or (
+        status is JobStatus.FINISHED and _get_text(redis, last_key) == event.digest
+    ):
+        return QueuedJob(host, job_id, duplicate=True)
+    if status is not None:
+        job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
+    try:
+        queue.enqueue(JOB_FUNCTION, job_id=job_id, meta=meta, unique=True, **options)
+    except DuplicateJobError:
+        return QueuedJob(host, job_id, duplicate=True)
+    redis.set(last_key, event.digest or "", ex=result_ttl)
+    return QueuedJob(host, job_id, duplicate=False)
+
+
+def _enqueue_coalesced(
+    redis: Redis,
+    queue: Queue,
+    host: str,
+    event: PushEvent,
+    meta: dict[str, Any],
+    options: dict[str, Any],
+    delay: float,
+    window: int,
+) -> QueuedJob:
+    recent = RECENT_KEY.format(host=host, reference=event.reference)
+    job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
+    with redis.pipeline() as pipe:
+        try:
+            # WATCH makes "is a job waiting? if not, schedule one and remember it" one step:
+            # of two deliveries at once, one schedules and the other sees it.
+            pipe.watch(recent)
+            waiting = _get_text(pipe, recent)  # type: ignore[arg-type]
+            if waiting and _job_status(redis, waiting) in _WAITING:
+                return QueuedJob(host, waiting, duplicate=True)
+            pipe.multi()
+            queue.enqueue_in(
+                timedelta(seconds=delay),
+                JOB_FUNCTION,
+                job_id=job_id,
+                meta=meta,
+                pipeline=pipe,
+                **options,
+            )
+            pipe.set(recent, job_id, ex=window)
+            pipe.execute()
+        except WatchError:
+            return QueuedJob(host, _get_text(redis, recent) or job_id, duplicate=True)
+    return QueuedJob(host, job_id, duplicate=False)

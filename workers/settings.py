@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from workers.report import UpdateState
 
@@ -41,7 +42,7 @@ class Settings:
     name in capitals, and its TOML key is its name.
     """
 
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
     webhook_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     insecure: bool = False
@@ -56,6 +57,7 @@ class Settings:
     restart_timeout: float = 120.0
     settle_seconds: float = 5.0
     job_retries: int = 3
+    job_timeout: int = 1800
     result_ttl: int = 7 * 24 * 3600
     audit_retention: int = 7 * 24 * 3600
     bind: str = "0.0.0.0:8080"
@@ -87,6 +89,17 @@ class Settings:
             from workers.notify import check_notify_urls
 
             check_notify_urls(self.notify_urls)
+
+
+def redact_url(url: str | None) -> str:
+    """A URL fit for logs: any password in it replaced by ``***``."""
+    if not url:
+        return "(not set)"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -8,14 +8,13 @@ import os
 import signal
 from typing import Any
 
-from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
 from workers.inventory import collect_inventory, publish_inventory
 from workers.logs import setup_logging
 from workers.podman_runtime import PodmanRuntime
-from workers.queueing import get_queue, register_host
+from workers.queueing import get_queue, redis_from_settings, register_host
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.worker")
@@ -42,11 +41,6 @@ class HostWorker(Worker):
                 publish_inventory(self.connection, self.host_id, collect_inventory(runtime))
             finally:
                 runtime.close()
-
-
-def redis_from_settings(settings: Settings) -> Redis:
-    """A Redis client for the configured URL (the local default when none is set)."""
-    return Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:

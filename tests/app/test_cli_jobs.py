@@ -167,3 +167,12 @@ def test_status_of_a_healthy_fleet_exits_0(cli, redis):
     result = cli("status")
     assert result.exit_code == 0, result.output
     assert "recent failures\n  none" in result.output
+
+
+def test_hosts_forget_stops_queuing_for_a_host(cli, redis):
+    register_host(redis, "gone")
+    result = cli("hosts", "forget", "gone")
+    assert result.exit_code == 0 and "forgot host gone" in result.output
+    assert "gone" not in json.dumps(json.loads(cli("hosts", "--json").output))
+    again = cli("hosts", "forget", "gone")
+    assert again.exit_code == 1 and "not registered" in again.stderr

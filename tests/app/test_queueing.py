@@ -95,3 +95,33 @@ def test_delivery_ids_are_remembered_per_endpoint(redis):
     assert is_delivery_seen(redis, "github", "abc")
     assert not is_delivery_seen(redis, "gitea", "abc")
     assert 0 < redis.ttl("podhook:delivery:github:abc") <= 3 * 24 * 3600
+
+
+def test_a_tag_moved_back_to_an_older_digest_is_a_new_push(redis):
+    register_host(redis, "a")
+    queue = get_queue(redis, "a")
+    digest_a, digest_b = DIGEST, "sha256:" + "b" * 64
+    [first] = enqueue_push(redis, event(digest=digest_a))
+    queue.fetch_job(first.job_id).set_status(JobStatus.FINISHED)
+    assert enqueue_push(redis, event(digest=digest_a))[0].duplicate  # the same push again
+    [second] = enqueue_push(redis, event(digest=digest_b))
+    queue.fetch_job(second.job_id).set_status(JobStatus.FINISHED)
+    [back] = enqueue_push(redis, event(digest=digest_a))
+    assert not back.duplicate and back.job_id not in (first.job_id, second.job_id)
+
+
+def test_a_push_whose_job_failed_can_be_queued_again(redis):
+    register_host(redis, "a")
+    queue = get_queue(redis, "a")
+    [first] = enqueue_push(redis, event())
+    queue.fetch_job(first.job_id).set_status(JobStatus.FAILED)
+    [again] = enqueue_push(redis, event())
+    assert not again.duplicate and again.job_id != first.job_id
+    assert again.job_id in queue.get_job_ids()
+
+
+def test_a_running_job_absorbs_repeats_of_its_push(redis):
+    register_host(redis, "a")
+    [first] = enqueue_push(redis, event())
+    get_queue(redis, "a").fetch_job(first.job_id).set_status(JobStatus.STARTED)
+    assert enqueue_push(redis, event())[0].duplicate

@@ -58,3 +58,40 @@ def test_unknown_key_in_file_is_refused(tmp_path):
 
 def test_secret_is_not_in_repr():
     assert "hunter2" not in repr(load_settings({"PODHOOK_WEBHOOK_TOKEN": "hunter2"}))
+
+
+def test_redact_url_hides_passwords_only():
+    from workers.settings import redact_url
+
+    assert redact_url("rediss://:s3cret@redis:6380/0") == "rediss://:***@redis:6380/0"
+    assert redact_url("redis://user:pw@h/0") == "redis://user:***@h/0"
+    assert redact_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redact_url(None) == "(not set)"
+    assert "s3cret" not in repr(load_settings({"PODHOOK_REDIS_URL": "redis://:s3cret@h/0"}))
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ({"nexus": {"source": "nexus"}}, "set registry"),
+        ({"hub": {"source": "dockerhub", "insecure": "false"}}, "insecure must be true or false"),
+        ({"hub": {"source": "dockerhub", "secret": 12345678}}, "secret must be a non-empty string"),
+        ({"nx": {"source": "nexus", "registry": "https://nexus.example.com"}}, "not a host"),
+        ({"nx": {"source": "nexus", "registry": "nexus.example.com/docker"}}, "not a host"),
+        ({"x": {"source": "nosuch"}}, "unknown source 'nosuch'"),
+        ({"x": {"source": "harbor", "secrte": "typo"}}, "unknown keys"),
+    ],
+)
+def test_endpoint_tables_are_checked_at_start(table, named):
+    from webhook.endpoints import EndpointConfigError, build_endpoints
+    from webhook.sources import get_source, source_names
+
+    names = source_names()
+    with pytest.raises(EndpointConfigError, match=named):
+        build_endpoints(
+            table,
+            source_names=names,
+            default_secret="s",
+            insecure=False,
+            needs_registry={n for n in names if get_source(n).needs_registry},
+        )

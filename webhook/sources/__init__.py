@@ -97,6 +97,8 @@ def load_json(body: bytes) -> Any:
     """Decode a JSON body. Raises PayloadError when it is not UTF-8 JSON."""
     try:
         return json.loads(body)
+    except RecursionError:
+        raise PayloadError("body is JSON nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise PayloadError(f"body is not valid JSON: {error}") from None
 

@@ -38,7 +38,8 @@ MANIFEST_MEDIA_TYPES = frozenset(
 
 
 def _is_manifest(target: Mapping[str, Any]) -> bool:
-    if target.get("mediaType") in MANIFEST_MEDIA_TYPES:
+    media_type = target.get("mediaType")
+    if isinstance(media_type, str) and media_type in MANIFEST_MEDIA_TYPES:
         return True
     # Older registries and some proxies leave mediaType out; the URL still says manifests.
     return "/manifests/" in str(target.get("url", ""))

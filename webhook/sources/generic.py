@@ -50,7 +50,8 @@ def parse(headers: Mapping[str, str], body: bytes) -> ParseResult:
     for a missing or unqualified image, an image pinned by digest alone, or a malformed digest.
     """
     payload = load_json_object(body)
-    if "diun_version" in payload and payload.get("status") not in DIUN_PUSH_STATUSES:
+    status = payload.get("status")
+    if "diun_version" in payload and not (isinstance(status, str) and status in DIUN_PUSH_STATUSES):
         return ParseResult(ignored=1)
     image = require_str(payload, "image")
     try:
