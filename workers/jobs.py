@@ -14,11 +14,11 @@ from workers.events import PushEvent
 from workers.locks import RedisUnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
-from workers.podman_runtime import PodmanRuntime
+from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
 from workers.queueing import redis_from_settings
 from workers.report import FAILURE_STATES, summarize
 from workers.settings import Settings, load_settings
-from workers.systemd_units import DBusUnitManager
+from workers.systemd_units import DBusUnitManager, UnitError
 from workers.update import UpdateOptions, Updater
 
 log = logging.getLogger("podhook.worker")
@@ -61,11 +61,49 @@ def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
         return _apply(event, settings, job, redis, host)
 
 
+def _report_unreachable(
+    event: PushEvent,
+    settings: Settings,
+    job: Any,
+    redis: Redis,
+    host: str,
+    started: float,
+    error: Exception,
+) -> None:
+    """Record (and, on the last attempt, notify) a job that could not even list containers."""
+    log.warning("cannot apply the push of %s: %s", event.reference, error)
+    report: dict[str, Any] = {
+        "host": host,
+        "event": event.to_dict(),
+        "started_at": started,
+        "finished_at": time.time(),
+        "containers": [],
+        "summary": summarize([]),
+        "error": str(error),
+    }
+    if job is not None:
+        report["job"] = job.id
+        job.meta["report"] = report
+        job.save_meta()
+    audit.record(redis, "outcome", report, settings.audit_retention)
+    if job is None or (job.retries_left or 0) == 0:
+        row = {
+            "container_name": "(every container of this host)",
+            "unit": None,
+            "state": "failed",
+            "reason": f"cannot apply the push: {error}",
+        }
+        sent = notify_outcome(settings, {**report, "containers": [row]})
+        if sent is not None:
+            metrics.record_notification(redis, host, sent)
+
+
 def _apply(
     event: PushEvent, settings: Settings, job: Any, redis: Redis, host: str
 ) -> dict[str, Any]:
     log.info("applying the push of %s", event.reference)
     runtime = PodmanRuntime(settings.podman_url)
+    started = time.time()
     try:
         updater = Updater(
             runtime,
@@ -80,8 +118,10 @@ def _apply(
                 authfile=settings.authfile,
             ),
         )
-        started = time.time()
         outcome = updater.apply(event)
+    except (ContainerRuntimeError, UnitError) as error:
+        _report_unreachable(event, settings, job, redis, host, started, error)
+        raise TransientUpdateError(str(error)) from error
     finally:
         runtime.close()
     rows = [row.to_dict() for row in outcome.rows]

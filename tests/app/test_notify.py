@@ -253,3 +253,31 @@ def test_a_non_list_in_the_file_is_refused(tmp_path):
     config.write_text("notify_urls = 3\n")
     with pytest.raises(SettingsError, match="notify_urls: expected a list of strings"):
         load_settings({"PODHOOK_CONFIG": str(config)})
+
+
+def test_a_host_whose_podman_does_not_answer_is_recorded_and_told(
+    receiver, redis, redis_url, monkeypatch, tmp_path
+):
+    from workers import audit
+    from workers.jobs import TransientUpdateError, apply_push
+
+    monkeypatch.setenv("PODHOOK_REDIS_URL", redis_url)
+    monkeypatch.setenv("PODHOOK_HOST_ID", "web-9")
+    monkeypatch.setenv("PODHOOK_PODMAN_URL", f"unix://{tmp_path}/absent.sock")
+    monkeypatch.setenv("PODHOOK_SYSTEMD_BUS", "user")
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/absent-bus")
+    monkeypatch.setenv("PODHOOK_NOTIFY_URLS", f"json://127.0.0.1:{receiver.port}/")
+    event = {
+        "registry": "registry.example.com",
+        "repository": "team/app",
+        "tag": "1.2",
+        "digest": DIGEST,
+    }
+    with pytest.raises(TransientUpdateError):
+        apply_push(event)
+    [outcome] = audit.read(redis, kind="outcome")
+    assert outcome.data["host"] == "web-9" and outcome.data["containers"] == []
+    assert "connecting to the systemd user bus" in outcome.data["error"]
+    [message] = receiver.json_payloads()
+    assert "registry.example.com/team/app:1.2 on web-9: failed" in message["title"]
+    assert "cannot apply the push" in message["message"]
