@@ -146,7 +146,7 @@ def load_json_or_form(headers: Mapping[str, str], body: bytes) -> Any:
 def clean_digest(value: Any) -> str | None:
     """A manifest digest as ``algorithm:hex``, or None when the sender gave none or a malformed one.
 
-    Published samples carry truncated digests and ``xxxx`` placeholders; the digest is only a hint
+    Published samples carry truncated digests and placeholder strings; the digest is only a hint
     that lets a worker skip a pull, so a bad one is dropped rather than refused.
     """
     if isinstance(value, str) and DIGEST_PATTERN.fullmatch(value.strip()):
