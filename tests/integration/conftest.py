@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,9 @@ def units(stack: Stack) -> Iterator[Any]:
             made.append(f"container-{name}.service")
             return stack.create_unit_container(name, image, **kwargs)
 
-        def kube(self, pod: str, image: str, start: bool = True, **kwargs: Any) -> str:
+        def kube(
+            self, pod: str, image: str | Mapping[str, str], start: bool = True, **kwargs: Any
+        ) -> str:
             unit = stack.create_kube_unit(pod, image, start=False, **kwargs)
             made.append(unit)
             if start:

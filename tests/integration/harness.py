@@ -1180,11 +1180,13 @@ class Stack:
     def kube_yaml(
         self,
         pod: str,
-        image: str,
+        image: str | Mapping[str, str],
         containers: Sequence[str] = ("a", "b"),
         autoupdate: str | None = "registry",
     ) -> Path:
-        """Write a Kubernetes Pod YAML (one pod, ``containers`` all from ``image``)."""
+        """Write a Kubernetes Pod YAML: one pod, ``containers`` all from ``image``, or, when
+        ``image`` maps container names to images, those containers from theirs."""
+        images = dict(image) if isinstance(image, Mapping) else dict.fromkeys(containers, image)
         kube_dir = self.root / "kube"
         kube_dir.mkdir(exist_ok=True)
         lines = ["apiVersion: v1", "kind: Pod", "metadata:", f"  name: {pod}"]
@@ -1197,8 +1199,8 @@ class Stack:
             "  terminationGracePeriodSeconds: 1",
             "  containers:",
         ]
-        for container in containers:
-            lines += [f"  - name: {container}", f"    image: {image}"]
+        for container, container_image in images.items():
+            lines += [f"  - name: {container}", f"    image: {container_image}"]
         path = kube_dir / f"{pod}.yaml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -1206,7 +1208,7 @@ class Stack:
     def create_kube_unit(
         self,
         pod: str,
-        image: str,
+        image: str | Mapping[str, str],
         containers: Sequence[str] = ("a", "b"),
         autoupdate: str | None = "registry",
         start: bool = True,

@@ -21,7 +21,7 @@ from redis import Redis
 from workers import audit
 from workers.events import make_event
 from workers.joblog import get_job
-from workers.queueing import get_hosts, job_id_for
+from workers.queueing import forget_host, get_hosts, job_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,7 @@ def podhook(stack: Any) -> Any:
     stack.registry.configure(None)
     worker.stop()
     app.stop()
+    forget_host(running.redis, HOST_ID)  # later tests must not queue pushes for this host
 
 
 def start_events(stack: Any, container: str, since: float) -> int:

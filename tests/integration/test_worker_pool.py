@@ -7,7 +7,6 @@ while it ran, failing that job: both ending `updated` shows the per-unit lock se
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,37 +20,11 @@ from rq.serializers import JSONSerializer
 
 from workers.events import make_event
 from workers.joblog import get_job
-from workers.queueing import enqueue_push, get_hosts, get_queue
+from workers.queueing import enqueue_push, forget_host, get_hosts, get_queue
 
 pytestmark = pytest.mark.integration
 
 HOST_ID = "pool-host"
-
-
-@pytest.fixture
-def duo_unit(stack: Any) -> Any:
-    """A kube unit whose pod runs two containers of two different images."""
-    a = stack.build_and_push("pool/a", "1", marker="a-v1")
-    b = stack.build_and_push("pool/b", "1", marker="b-v1")
-    path = stack.root / "kube" / "duo.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: duo\n  annotations:\n"
-        "    io.containers.autoupdate: registry\nspec:\n  hostNetwork: true\n"
-        "  terminationGracePeriodSeconds: 1\n  containers:\n"
-        f"  - name: a\n    image: {a.ref}\n  - name: b\n    image: {b.ref}\n"
-    )
-    unit = subprocess.run(
-        ["systemd-escape", "--template", "podman-kube@.service", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    stack.systemctl("start", unit)
-    stack.wait_unit(unit, "active", 60)
-    yield unit
-    stack.remove_unit(unit)
-    stack.podman("pod", "rm", "-af", "-t", "0", check=False)
 
 
 @pytest.fixture
@@ -68,11 +41,16 @@ def pool(stack: Any) -> Any:
     )
     yield redis
     process.stop()
+    forget_host(redis, HOST_ID)  # later tests must not queue pushes for this host
 
 
-def test_pool_serializes_restarts_of_one_unit(stack, duo_unit, pool, units):
+def test_pool_serializes_restarts_of_one_unit(stack, pool, units):
     redis = pool
     assert HOST_ID in get_hosts(redis)
+    a = stack.build_and_push("pool/a", "1", marker="a-v1")
+    b = stack.build_and_push("pool/b", "1", marker="b-v1")
+    # One kube unit whose pod runs two containers of two different images.
+    duo_unit = units.kube("duo", {"a": a.ref, "b": b.ref})
     c1 = stack.build_and_push("pool/c", "1", marker="c-v1")
     solo_units = [units.container(name, c1.ref) for name in ("solo1", "solo2")]
 
