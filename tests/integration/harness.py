@@ -1159,23 +1159,34 @@ class Stack:
         ``podman generate systemd --new --name NAME --files`` into the user unit dir,
         daemon-reload, start ``container-NAME.service`` and wait until active. Returns the
         unit name; the running container carries label PODMAN_SYSTEMD_UNIT=<unit>."""
-        assert self.systemd is not None
-        args = ["create", "--name", name, "--stop-timeout", str(stop_timeout)]
-        if autoupdate:
-            args += ["--label", f"io.containers.autoupdate={autoupdate}"]
-        self.podman(*args, *extra_args, image)
-        run(
-            ["podman", "generate", "systemd", "--new", "--name", name, "--files"],
-            self.podman_env,
-            cwd=self.systemd.unit_dir,
-        )
+        self._create_container(name, image, autoupdate, stop_timeout, *extra_args)
+        self._generate_units(name)
         self.podman("rm", "-f", name)  # the unit creates its own (--replace) from now on
         unit = f"container-{name}.service"
+        assert self.systemd is not None
         self.systemd.daemon_reload()
         if start:
             self.systemctl("start", unit)
             self.wait_unit(unit, "active", timeout)
         return unit
+
+    def _create_container(
+        self, name: str, image: str, autoupdate: str | None, stop_timeout: int, *extra: str
+    ) -> None:
+        """``podman create`` a container, labelled for auto-update unless ``autoupdate`` is None."""
+        args = ["create", "--name", name, "--stop-timeout", str(stop_timeout)]
+        if autoupdate:
+            args += ["--label", f"io.containers.autoupdate={autoupdate}"]
+        self.podman(*args, *extra, image)
+
+    def _generate_units(self, name: str) -> None:
+        """``podman generate systemd --new --files`` for a container or pod, into the unit dir."""
+        assert self.systemd is not None
+        run(
+            ["podman", "generate", "systemd", "--new", "--name", name, "--files"],
+            self.podman_env,
+            cwd=self.systemd.unit_dir,
+        )
 
     def kube_yaml(
         self,
@@ -1239,22 +1250,15 @@ class Stack:
         """``podman generate systemd --new --files --name POD``: one pod-POD.service plus one
         container-POD-X.service per container; each container is labelled with its OWN unit
         (not the pod's). Returns {container name: unit}, with the pod unit under ``pod``."""
-        assert self.systemd is not None
         self.podman("pod", "create", "--network", "host", "--name", pod)
         units = {pod: f"pod-{pod}.service"}
         for container in containers:
             name = f"{pod}-{container}"
-            args = ["create", "--pod", pod, "--name", name, "--stop-timeout", "1"]
-            if autoupdate:
-                args += ["--label", f"io.containers.autoupdate={autoupdate}"]
-            self.podman(*args, image)
+            self._create_container(name, image, autoupdate, 1, "--pod", pod)
             units[name] = f"container-{name}.service"
-        run(
-            ["podman", "generate", "systemd", "--new", "--name", pod, "--files"],
-            self.podman_env,
-            cwd=self.systemd.unit_dir,
-        )
+        self._generate_units(pod)
         self.podman("pod", "rm", "-f", pod)
+        assert self.systemd is not None
         self.systemd.daemon_reload()
         if start:
             self.systemctl("start", units[pod])
