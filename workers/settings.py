@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tomllib
@@ -17,7 +18,57 @@ NOTIFY_STATES = frozenset(state.value for state in UpdateState)
 
 
 class SettingsError(ValueError):
-    """Raised for a setting that cannot be read; the message names the variable or key."""
+    """Raised for a setting that cannot be read; the message names the variable or key.
+
+    ``setting`` is the field the message names, when it names one, so that ``load_settings``
+    can add the variable or file key the value came from.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric setting must lie in, said the way its error message says it."""
+
+    low: int
+    high: int
+    unit: str = "seconds"
+    # restart_timeout: any positive wait, however short, but never none at all.
+    above_low: bool = False
+    # reconcile_interval: 0 means "never", not "all the time".
+    low_means: str = ""
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` (a finite number) lies in the range."""
+        above = value > self.low if self.above_low else value >= self.low
+        return above and value <= self.high
+
+    def __str__(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.above_low:
+            return f"more than {self.low} and at most {self.high}{unit}"
+        low = f"{self.low} ({self.low_means})" if self.low_means else str(self.low)
+        return f"between {low} and {self.high}{unit}"
+
+
+# Every numeric field of Settings has its range here; a test checks that none is missing.
+BOUNDS: Mapping[str, Bounds] = {
+    "max_body_bytes": Bounds(1024, 64 * 1024 * 1024, "bytes"),
+    "restart_timeout": Bounds(0, 3600, above_low=True),
+    "settle_seconds": Bounds(0, 600),
+    "job_retries": Bounds(0, 20, "retries"),
+    "job_timeout": Bounds(60, 24 * 3600),
+    "result_ttl": Bounds(60, 365 * 24 * 3600),
+    "audit_retention": Bounds(60, 365 * 24 * 3600),
+    "web_workers": Bounds(1, 64, "processes"),
+    "reconcile_interval": Bounds(0, 7 * 24 * 3600, low_means="off"),
+    # Workers beat about every 45 s: under 60 s a host that is working would show stale.
+    "host_stale_after": Bounds(60, 24 * 3600),
+    "inventory_max_age": Bounds(30, 24 * 3600),
+}
 
 
 def _default_podman_url() -> str:
@@ -60,6 +111,13 @@ class Settings:
     job_timeout: int = 1800
     result_ttl: int = 7 * 24 * 3600
     audit_retention: int = 7 * 24 * 3600
+    # Seconds between the periodic reconciles of every worker host (each labeled container
+    # compared with its registry, as `podman auto-update` does); 0 turns them off.
+    reconcile_interval: int = 3600
+    # A host whose workers' last heartbeat is older is shown stale and gets no new jobs.
+    host_stale_after: int = 150
+    # A host's published container inventory older than this is unknown: pushes reach it.
+    inventory_max_age: int = 120
     bind: str = "0.0.0.0:8080"
     web_workers: int = 2
     state_dir: str = field(default_factory=_default_state_dir)
@@ -89,6 +147,36 @@ class Settings:
             from workers.notify import check_notify_urls
 
             check_notify_urls(self.notify_urls)
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Raise SettingsError naming the first numeric field outside its bounds."""
+        for spec in fields(self):
+            if str(spec.type) in ("int", "float"):
+                whole = str(spec.type) == "int"
+                _check_number(spec.name, getattr(self, spec.name), BOUNDS[spec.name], whole)
+        # A job that cannot outlast one restart and its settle window fails every update,
+        # and its unit lock (which lives as long as the job) expires while it runs.
+        if self.job_timeout <= self.restart_timeout + self.settle_seconds:
+            raise SettingsError(
+                f"job_timeout must be more than restart_timeout + settle_seconds "
+                f"({self.restart_timeout:g} + {self.settle_seconds:g} seconds), "
+                f"not {self.job_timeout!r}",
+                setting="job_timeout",
+            )
+
+
+def _check_number(name: str, value: object, bounds: Bounds, whole: bool) -> None:
+    # bool is an int to Python, but `job_retries = true` is a mistake, not 1.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (whole and isinstance(value, float))
+    ):
+        number = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name} must be {number} {bounds}, not {value!r}", setting=name)
+    if not math.isfinite(value) or not bounds.admits(value):
+        raise SettingsError(f"{name} must be {bounds}, not {value!r}", setting=name)
 
 
 def redact_url(url: str | None) -> str:
@@ -118,11 +206,16 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
             return False
         raise SettingsError(f"{name}: expected true or false, got {raw!r}")
     if kind == "int":
+        # TOML may hold `true` or `1.5`: neither is a count, and int() would take both.
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise SettingsError(f"{name}: expected a whole number, got {raw!r}")
         try:
             return int(raw)
         except (TypeError, ValueError):
             raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
     if kind == "float":
+        if isinstance(raw, bool):
+            raise SettingsError(f"{name}: expected a number, got {raw!r}")
         try:
             return float(raw)
         except (TypeError, ValueError):
@@ -162,10 +255,12 @@ def load_settings(
     """Read settings from ``environ`` (default ``os.environ``), the TOML file named by
     ``PODHOOK_CONFIG`` if any, and ``overrides`` (highest precedence, for tests and the CLI).
 
-    Raises SettingsError naming the variable or key that is wrong.
+    Raises SettingsError naming the variable or key that is wrong; a value out of its bounds
+    is named by its field and by the variable or key that gave it.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # field -> the variable or file key that set it
     config_path = env.get("PODHOOK_CONFIG")
     known = {f.name: f for f in fields(Settings)}
     if config_path:
@@ -180,10 +275,19 @@ def load_settings(
             if key not in known:
                 raise SettingsError(f"{config_path}: unknown setting {key!r}")
             values[key] = _convert(f"{config_path}: {key}", raw, known[key].type)
+            origins[key] = f"{config_path}: {key}"
     for name, spec in known.items():
         variable = f"PODHOOK_{name.upper()}"
         if variable in env and name != "endpoints":
             values[name] = _convert(variable, env[variable], spec.type)
+            origins[name] = variable
     for key, raw in (overrides or {}).items():
         values[key] = raw
-    return Settings(**values)
+        origins.pop(key, None)
+    try:
+        return Settings(**values)
+    except SettingsError as error:
+        origin = origins.get(error.setting or "")
+        if origin is None:
+            raise
+        raise SettingsError(f"{error} (from {origin})", setting=error.setting) from None
