@@ -11,6 +11,9 @@ from typing import Any, Protocol
 from podman import PodmanClient
 from podman.errors import APIError, NotFound, PodmanError
 
+from workers.authfile import AuthfileError, default_authfiles, find_credentials
+from workers.reference import InvalidReferenceError, parse_reference
+
 AUTOUPDATE_LABEL = "io.containers.autoupdate"
 AUTHFILE_LABEL = "io.containers.autoupdate.authfile"
 UNIT_LABEL = "PODMAN_SYSTEMD_UNIT"
@@ -74,26 +77,39 @@ class ContainerRuntime(Protocol):
         ...
 
 
-def registry_auth(authfile: str, registry: str) -> dict[str, str] | None:
-    """Credentials for ``registry`` from a containers-auth.json file, or None if it has none.
+def registry_auth_header(reference: str, authfile: str | None) -> dict[str, str]:
+    """The X-Registry-Auth header that pulls ``reference`` with the credentials in
+    ``authfile`` (without one: in the files Podman searches, ``default_authfiles()``); ``{}``
+    when they hold none, or when ``reference`` is a short name Podman resolves itself.
 
-    Raises ContainerRuntimeError when the file cannot be read.
+    The value is Podman's single-auth form (pkg/auth/auth.go, parseSingleAuthHeader): URL-safe
+    base64 of JSON with ``username``, ``password`` and ``identitytoken``. Raises
+    ContainerRuntimeError naming the authfile or helper that failed, never a secret.
     """
     try:
-        with open(authfile, encoding="utf-8") as handle:
-            entry = json.load(handle)["auths"].get(registry)
-        if not entry or "auth" not in entry:
-            return None
-        decoded = base64.b64decode(entry["auth"], validate=True).decode()
-    except OSError as error:
-        raise ContainerRuntimeError(f"reading authfile {authfile}: {error}") from error
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        # binascii.Error and UnicodeDecodeError are ValueErrors too.
-        raise ContainerRuntimeError(
-            f"authfile {authfile} is not a containers-auth.json file ({type(error).__name__})"
-        ) from None
-    username, _, password = decoded.partition(":")
-    return {"username": username, "password": password}
+        image = parse_reference(reference)
+    except InvalidReferenceError as error:
+        raise ContainerRuntimeError(f"pulling {reference}: {error}") from error
+    if not image.fully_qualified:
+        return {}  # Podman picks the registry from its search list; there is no key to look up
+    credentials = None
+    try:
+        # Like containers/image, the first file with credentials for the image wins.
+        for path in [authfile] if authfile else default_authfiles():
+            credentials = find_credentials(path, image.name)
+            if credentials is not None:
+                break
+    except AuthfileError as error:
+        raise ContainerRuntimeError(f"pulling {reference}: {error}") from error
+    if credentials is None:
+        return {}
+    fields = {
+        "username": credentials.username,
+        "password": credentials.password,
+        "identitytoken": credentials.identity_token,
+    }
+    encoded = json.dumps({name: value for name, value in fields.items() if value}).encode()
+    return {"X-Registry-Auth": base64.urlsafe_b64encode(encoded).decode()}
 
 
 class PodmanRuntime:
@@ -162,13 +178,7 @@ class PodmanRuntime:
 
         TLS follows registries.conf. Raises ContainerRuntimeError with the registry's message.
         """
-        headers = {}
-        if authfile:
-            registry = reference.split("/", 1)[0]
-            credentials = registry_auth(authfile, registry)
-            if credentials:
-                encoded = json.dumps(credentials).encode()
-                headers["X-Registry-Auth"] = base64.urlsafe_b64encode(encoded).decode()
+        headers = registry_auth_header(reference, authfile)
         response = self._call(
             f"pulling {reference}",
             "post",
