@@ -26,7 +26,7 @@ done
 
 APT_PACKAGES=(
     podman runc conmon catatonit skopeo uidmap    # containers (crun is refused on hybrid cgroups)
-    docker-registry                               # CNCF distribution: /usr/bin/docker-registry
+    docker-registry apache2-utils                 # CNCF distribution; htpasswd for its logins
     systemd dbus dbus-user-session                # user manager + session bus for the tests
     redis-server                                  # RQ's queue
     busybox-static                                # root filesystem of the test images
