@@ -29,8 +29,8 @@ import harness  # noqa: E402
 
 from workers import audit  # noqa: E402
 from workers.events import make_event  # noqa: E402
+from workers.hosts import get_hosts  # noqa: E402
 from workers.joblog import get_job  # noqa: E402
-from workers.queueing import get_hosts, job_id_for  # noqa: E402
 
 TOKEN = "bench-token"
 HOST = "bench-host"
@@ -66,8 +66,7 @@ def main() -> None:
 
         totals = []
         print(
-            f"{'push':>4} {'total':>7} {'queued':>7} {'wait':>6} {'pull':>6} "
-            f"{'restart+settle':>14}"
+            f"{'push':>4} {'total':>7} {'queued':>7} {'wait':>6} {'pull':>6} {'restart+settle':>14}"
         )
         for number in range(1, args.pushes + 1):
             local = stack.build_image("bench/app", "1", marker=f"v{number}")
@@ -76,7 +75,19 @@ def main() -> None:
             digest = stack.push_image(local, "bench/app", "1")
             pushed = time.time()
             event = make_event(stack.registry.host, "bench/app", "1", digest)
-            job_id = job_id_for(HOST, event)
+            job_id = ""
+            while not job_id:  # the job this push reached, from the audit trail of deliveries
+                job_id = next(
+                    (
+                        str(j["job"])
+                        for e in audit.read(redis, kind="delivery")
+                        for j in e.data["jobs"]
+                        if (j["host"], j["reference"], j["digest"])
+                        == (HOST, event.reference, event.digest)
+                    ),
+                    "",
+                )
+                time.sleep(0.02)
             while True:
                 record = get_job(redis, job_id)
                 if record and record.state in ("finished", "failed"):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 import harness  # noqa: E402
 
-from workers.queueing import register_host  # noqa: E402
+from workers.hosts import register_host  # noqa: E402
 
 TOKEN = "bench-token"
 

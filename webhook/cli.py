@@ -408,16 +408,16 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
 @hosts.command("forget")
 @click.argument("host")
 def hosts_forget(host: str) -> None:
-    """Stop queuing pushes for HOST (a host that is retired). Its queue is left as it is.
+    """Forget HOST (a host that is retired): its registration, inventory, queue and jobs.
 
     A worker of that host that starts again registers it again.
     """
-    from workers.queueing import forget_host
+    from workers.hosts import forget_host
 
     if not _with_redis(_settings(), lambda r: forget_host(r, host)):
         click.echo(f"podhook: host {host!r} is not registered", err=True)
         sys.exit(1)
-    click.echo(f"forgot host {host}; pushes are no longer queued for it")
+    click.echo(f"forgot host {host}: its queue and jobs are removed, pushes no longer reach it")
 
 
 def _print_hosts(found: list[Any]) -> None:
@@ -492,6 +492,192 @@ def status(as_json: bool, recent: int) -> None:
             f"({failure.unit or '-'}) {failure.state}: {failure.reason}"
         )
     sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Check only: rows behind are 'pending'.")
+@click.option(
+    "--rollback/--no-rollback", default=True, show_default=True, help="Roll back failed units."
+)
+@click.option(
+    "--format",
+    "format_",
+    default="table",
+    show_default=True,
+    help="table, json, or a Go template such as '{{.Unit}},{{.Image}},{{.Updated}}'.",
+)
+@click.option("--host", "hosts_", multiple=True, help="Reconcile HOST through its queue.")
+@click.option("--all", "all_hosts", is_flag=True, help="Reconcile every live host via queues.")
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds to wait.")
+def reconcile(
+    dry_run: bool,
+    rollback: bool,
+    format_: str,
+    hosts_: tuple[str, ...],
+    all_hosts: bool,
+    timeout: float,
+) -> None:
+    """Check every labeled container against its registry and update those behind, as
+    `podman auto-update` does: one manifest HEAD per distinct reference, a pull only when the
+    digest differs, a restart per unit, rollback on failure.
+
+    Without --host or --all it runs here, on this host's Podman socket and systemd bus (no
+    Redis needed). Exits 0, or 125 when any row failed, printing the errors.
+    """
+    from workers.autoupdate_format import FormatError, podman_row, render
+
+    settings = _settings(dry_run=dry_run or None, rollback=rollback)
+    _setup_logging()
+    if hosts_ or all_hosts:
+        reports = _reconcile_through_queues(settings, list(hosts_), all_hosts, dry_run, timeout)
+    else:
+        reports = [_reconcile_here(settings)]
+    rows = [
+        podman_row(row, report["host"] if (hosts_ or all_hosts) else None)
+        for report in reports
+        for row in sorted(
+            report.get("containers", []),
+            key=lambda r: (r.get("unit") or "", r.get("container_name", "")),
+        )
+    ]
+    try:
+        text = render(rows, format_) if rows else ""
+    except FormatError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(text, nl=False)
+    errors = [
+        f"{report['host']}: {report['error']}" for report in reports if report.get("error")
+    ] + [
+        f"{row.get('container_name')}: {row.get('reason')}"
+        for report in reports
+        for row in report.get("containers", [])
+        if row.get("state") == "failed"
+    ]
+    if errors:
+        if len(errors) == 1:
+            click.echo(f"Error: {errors[0]}", err=True)
+        else:
+            click.echo(f"Error: {len(errors)} errors occurred:", err=True)
+            for line in errors:
+                click.echo(f"\t* {line}", err=True)
+        sys.exit(125)
+
+
+def _reconcile_here(settings: Settings) -> dict[str, Any]:
+    """Reconcile this host in this process, with Redis locks when Redis answers."""
+    import contextlib
+
+    from workers.jobs import registry_lookup
+    from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
+    from workers.report import summarize
+    from workers.systemd_units import DBusUnitManager, UnitError
+    from workers.update import UpdateOptions, Updater
+
+    class _LocalLocks:
+        @contextlib.contextmanager
+        def hold(self, unit: str) -> Any:
+            yield
+
+    locks: Any = _LocalLocks()
+    if settings.redis_url:
+        from redis.exceptions import RedisError
+
+        from workers.locks import RedisUnitLocks
+
+        with contextlib.suppress(RedisError):
+            redis = _redis(settings)
+            redis.ping()
+            locks = RedisUnitLocks(redis, settings.host_id, ttl=settings.job_timeout)
+    runtime = PodmanRuntime(settings.podman_url)
+    try:
+        updater = Updater(
+            runtime,
+            DBusUnitManager(settings.systemd_bus),
+            locks,
+            UpdateOptions(
+                dry_run=settings.dry_run,
+                rollback=settings.rollback,
+                restart_timeout=settings.restart_timeout,
+                settle_seconds=settings.settle_seconds,
+                authfile=settings.authfile,
+                registry_aliases=settings.registry_aliases,
+            ),
+        )
+        outcome = updater.reconcile(registry_lookup(settings))
+    except (ContainerRuntimeError, UnitError) as error:
+        return {"host": settings.host_id, "containers": [], "error": str(error)}
+    finally:
+        runtime.close()
+    return {
+        "host": settings.host_id,
+        "containers": [row.to_dict() for row in outcome.rows],
+        "summary": summarize(outcome.rows),
+    }
+
+
+def _reconcile_through_queues(
+    settings: Settings, hosts: list[str], all_hosts: bool, dry_run: bool, timeout: float
+) -> list[dict[str, Any]]:
+    """Queue a reconcile on each host's queue and wait for them, with a progress line each."""
+    import time
+
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from workers.hosts import get_hosts, is_stale
+    from workers.queueing import JobOptions, request_reconcile
+
+    redis = _redis(settings)
+    known = _with_redis(settings, get_hosts)
+    if all_hosts:
+        hosts = sorted(
+            h for h, beat in known.items() if not is_stale(beat, settings.host_stale_after)
+        )
+    missing = [h for h in hosts if h not in known]
+    if missing:
+        raise click.UsageError(f"no such host: {', '.join(missing)} (see `podhook hosts`)")
+    if not hosts:
+        raise click.ClickException("no live host to reconcile")
+    options = JobOptions.from_settings(settings)
+    queued = {
+        host: request_reconcile(
+            redis, host, options, dry_run=dry_run, rollback=settings.rollback
+        ).job_id
+        for host in hosts
+    }
+    reports: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    while len(reports) < len(queued):
+        for host, job_id in queued.items():
+            if host in reports:
+                continue
+            job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+            status = job.get_status()
+            if last.get(host) != str(status):
+                click.echo(f"{host}: reconcile {job_id} {status}", err=True)
+                last[host] = str(status)
+            if status in (
+                JobStatus.FINISHED,
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+                JobStatus.CANCELED,
+            ):
+                report = job.meta.get("report") or {}
+                if not report:
+                    latest = job.latest_result()
+                    reason = (latest.exc_string or "").strip().splitlines()[-1] if latest else ""
+                    report = {"containers": [], "error": reason or f"job {status}"}
+                reports[host] = {**report, "host": host}
+        if len(reports) < len(queued):
+            if time.monotonic() > deadline:
+                for host in queued:
+                    reports.setdefault(
+                        host, {"host": host, "containers": [], "error": "timed out waiting"}
+                    )
+                break
+            time.sleep(0.5)
+    return [reports[host] for host in hosts]
 
 
 def _with_redis(settings: Settings, action: Any) -> Any:

@@ -17,12 +17,8 @@ from webhook.endpoints import Delivery, Endpoint
 from webhook.sources import UNKNOWN_REGISTRY, PayloadError, get_source
 from workers import audit, metrics
 from workers.events import EventError, PushEvent, make_event
-from workers.queueing import (
-    NoHostsError,
-    enqueue_push,
-    is_delivery_seen,
-    remember_delivery,
-)
+from workers.queueing import JobOptions, NoHostsError, is_delivery_seen, remember_delivery
+from workers.routing import dispatch_push
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.webhook")
@@ -122,13 +118,12 @@ def receive(name: str, secret: str | None = None) -> Any:
         queued, duplicates, jobs = [], 0, []
         new_events, per_host = 0, Counter[str]()
         for event in events:
-            new_jobs = 0
-            for job in enqueue_push(
+            for job in dispatch_push(
                 redis,
                 event,
-                retries=settings.job_retries,
-                result_ttl=settings.result_ttl,
-                job_timeout=settings.job_timeout,
+                JobOptions.from_settings(settings),
+                stale_after=settings.host_stale_after,
+                inventory_max_age=settings.inventory_max_age,
             ):
                 jobs.append(
                     {
@@ -139,13 +134,15 @@ def receive(name: str, secret: str | None = None) -> Any:
                         "digest": event.digest,
                     }
                 )
+                # A hint that joins the job already waiting for (host, reference) is as good as
+                # a new one: that job reads the desired state this push just recorded.
+                if job.job_id not in queued:
+                    queued.append(job.job_id)
                 if job.duplicate:
                     duplicates += 1
                 else:
-                    queued.append(job.job_id)
                     per_host[job.host] += 1
-                    new_jobs += 1
-            new_events += bool(new_jobs)
+            new_events += 1
         if parsed.delivery:
             remember_delivery(redis, name, parsed.delivery)
         if events:
@@ -178,7 +175,7 @@ def receive(name: str, secret: str | None = None) -> Any:
             extra={**fields, "status": 503},
         )
         return _refuse(503, "job queue unavailable; retry later")
-    outcome = "queued" if queued else "ignored" if not events else "duplicate"
+    outcome = "queued" if events else "ignored"
     metrics.record_delivery(
         redis,
         endpoint.source,
@@ -210,7 +207,7 @@ def receive(name: str, secret: str | None = None) -> Any:
         },
     )
     return jsonify({**summary, "queued": queued, "duplicates": duplicates}), (
-        202 if queued else 200
+        202 if events else 200
     )
 
 

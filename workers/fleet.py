@@ -11,9 +11,10 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from workers import audit
+from workers.hosts import get_hosts
 from workers.inventory import get_inventory
 from workers.joblog import get_job
-from workers.queueing import get_hosts, get_queue, queue_name
+from workers.queueing import get_queue, queue_name
 
 # Workers beat about every 45 s (workers/worker.py: WORKER_TTL - 15); a host that missed a few
 # beats is shown as stale. Its inventory expires after 600 s (workers/inventory.py).

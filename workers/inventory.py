@@ -1,24 +1,64 @@
-"""What each host runs: its auto-update containers, published by its workers as they beat."""
+"""What each host runs: its auto-update containers, published by its workers, and the index
+from each reference to the hosts that run it, which routing reads.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis import Redis
 
-from workers.podman_runtime import ContainerRuntime, ContainerRuntimeError
+from workers.podman_runtime import Container, ContainerRuntime, ContainerRuntimeError
+from workers.reference import InvalidReferenceError, parse_reference
 
 INVENTORY_KEY = "podhook:inventory:{host}"
+# When each host last published its inventory (0: registered, none published yet).
+INVENTORY_AT_KEY = "podhook:inventory-at"
+# reference -> hosts whose inventory holds it, and host -> its references (to update the first).
+REFERENCE_HOSTS_KEY = "podhook:ref-hosts:{reference}"
+HOST_REFERENCES_KEY = "podhook:host-refs:{host}"
 # An inventory outlives a few missed heartbeats, then disappears with its host's workers.
 INVENTORY_TTL_SECONDS = 600
 
 
-def collect_inventory(runtime: ContainerRuntime) -> dict[str, Any]:
-    """The host's auto-update containers (name, unit, image reference and id, policy).
+def routed_reference(image_reference: str, aliases: Mapping[str, str] | None = None) -> str | None:
+    """The reference a push must name to concern a container created from ``image_reference``:
+    ``registry/repository:tag`` with the registry alias map applied, or None when no push can
+    (a short name, a reference pinned by digest, or text that is not a reference).
+    """
+    try:
+        ref = parse_reference(image_reference)
+    except InvalidReferenceError:
+        return None
+    if not ref.fully_qualified or ref.digest is not None or ref.tag is None:
+        return None
+    registry = (aliases or {}).get(ref.registry, ref.registry)
+    return f"{registry}/{ref.repository}:{ref.tag}"
 
-    A Podman that does not answer yields ``{"error": ...}`` instead of raising.
+
+def describe_container(
+    container: Container, aliases: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """One inventory entry: what routing, the CLI and the page show of a container."""
+    return {
+        "id": container.id,
+        "name": container.name,
+        "unit": container.unit,
+        "image": container.image_reference,
+        "reference": routed_reference(container.image_reference, aliases),
+        "image_id": container.image_id,
+        "policy": container.policy,
+    }
+
+
+def collect_inventory(
+    runtime: ContainerRuntime, aliases: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The host's auto-update containers (name, unit, image reference, routed reference, image
+    id, policy). A Podman that does not answer yields ``{"error": ...}`` instead of raising.
     """
     try:
         containers = runtime.list_autoupdate_containers()
@@ -27,25 +67,51 @@ def collect_inventory(runtime: ContainerRuntime) -> dict[str, Any]:
     return {
         "collected_at": time.time(),
         "containers": [
-            {
-                "id": c.id,
-                "name": c.name,
-                "unit": c.unit,
-                "image": c.image_reference,
-                "image_id": c.image_id,
-                "policy": c.policy,
-            }
-            for c in sorted(containers, key=lambda c: c.name)
+            describe_container(c, aliases) for c in sorted(containers, key=lambda c: c.name)
         ],
     }
 
 
 def publish_inventory(redis: Redis, host: str, inventory: dict[str, Any]) -> None:
-    """Store a host's inventory for INVENTORY_TTL_SECONDS."""
-    redis.set(INVENTORY_KEY.format(host=host), json.dumps(inventory), ex=INVENTORY_TTL_SECONDS)
+    """Store a host's inventory for INVENTORY_TTL_SECONDS and update the reference index.
+
+    An inventory that failed to collect (``error``) is stored for display but leaves the index
+    and the publication time alone: routing then treats the host's inventory as ageing, and
+    pushes reach it once it is older than the allowed age.
+    """
+    key = INVENTORY_KEY.format(host=host)
+    if inventory.get("error"):
+        redis.set(key, json.dumps(inventory), ex=INVENTORY_TTL_SECONDS)
+        return
+    references = {c["reference"] for c in inventory.get("containers", []) if c.get("reference")}
+    host_refs = HOST_REFERENCES_KEY.format(host=host)
+    previous = {raw.decode() for raw in redis.smembers(host_refs)}  # type: ignore[union-attr]
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(key, json.dumps(inventory), ex=INVENTORY_TTL_SECONDS)
+    for reference in previous - references:
+        pipe.srem(REFERENCE_HOSTS_KEY.format(reference=reference), host)
+    for reference in references - previous:
+        pipe.sadd(REFERENCE_HOSTS_KEY.format(reference=reference), host)
+    pipe.delete(host_refs)
+    if references:
+        pipe.sadd(host_refs, *sorted(references))
+    pipe.zadd(INVENTORY_AT_KEY, {host: float(inventory.get("collected_at") or time.time())})
+    pipe.execute()
+
+
+def drop_inventory(redis: Redis, host: str) -> None:
+    """Forget a host's inventory and remove it from the reference index."""
+    host_refs = HOST_REFERENCES_KEY.format(host=host)
+    previous = [raw.decode() for raw in redis.smembers(host_refs)]  # type: ignore[union-attr]
+    pipe = redis.pipeline(transaction=True)
+    for reference in previous:
+        pipe.srem(REFERENCE_HOSTS_KEY.format(reference=reference), host)
+    pipe.delete(host_refs, INVENTORY_KEY.format(host=host))
+    pipe.zrem(INVENTORY_AT_KEY, host)
+    pipe.execute()
 
 
 def get_inventory(redis: Redis, host: str) -> dict[str, Any] | None:
     """The last inventory a host published, or None when none is current."""
     raw = redis.get(INVENTORY_KEY.format(host=host))
-    return json.loads(raw) if raw else None
+    return json.loads(raw) if raw else None  # type: ignore[arg-type]

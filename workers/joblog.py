@@ -13,7 +13,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from workers import audit
-from workers.queueing import get_hosts, get_queue
+from workers.hosts import get_hosts
+from workers.queueing import get_queue
 
 STATES = ("queued", "started", "scheduled", "finished", "failed")
 

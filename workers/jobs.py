@@ -1,4 +1,7 @@
-"""The RQ job that applies a push on this host, wired to the real Podman, systemd and Redis."""
+"""The RQ jobs of a host: converge one reference, reconcile every container; wired to the real
+Podman, systemd and Redis, each saving one report read by the CLI, the API, the page,
+notifications and metrics.
+"""
 
 from __future__ import annotations
 
@@ -10,71 +13,275 @@ from redis import Redis
 from rq import get_current_job
 
 from workers import audit, metrics
-from workers.events import PushEvent
+from workers.desired import get_desired
+from workers.events import PushEvent, make_event
 from workers.locks import RedisUnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
 from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
-from workers.queueing import redis_from_settings
+from workers.queueing import (
+    finish_work,
+    redis_from_settings,
+    release_reconcile,
+    release_work,
+    start_work,
+)
+from workers.reference import parse_reference
 from workers.report import FAILURE_STATES, summarize
 from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager, UnitError
-from workers.update import UpdateOptions, Updater
+from workers.update import UpdateOptions, UpdateOutcome, Updater
 
 log = logging.getLogger("podhook.worker")
 
+# How often one job looks again because pushes came while it worked, before it leaves the
+# rest to a job of its own (a hint then queues one): bounds a job under a stream of pushes.
+MAX_LOOKS = 5
+
 
 class UpdateFailedError(Exception):
-    """Raised by a job whose push left a container failed or rolled back."""
+    """Raised by a job whose work left a container failed or rolled back."""
 
 
 class TransientUpdateError(Exception):
     """Raised by a job that failed without changing anything; RQ retries it with backoff."""
 
 
-def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
-    """Apply one push on this host and return its report.
-
-    The report (also saved in the job's meta as ``report`` before any failure is raised) holds
-    the host, the event, one row per concerned container and a count per state. Rows in
-    ``failed`` or ``rolled_back`` make the job fail with UpdateFailedError and no retry;
-    failures that changed nothing (a pull that failed) raise TransientUpdateError, which RQ
-    retries with backoff. Once the report is saved, its rows are counted in the metrics and
-    the rows in ``notify_on`` states are notified (a passing failure only by the last attempt);
-    neither ever fails the job.
-    """
-    event = PushEvent.from_dict(event_data)
-    settings = load_settings()
+def _context(settings: Settings) -> tuple[Any, Redis, str]:
     job = get_current_job()
     redis = job.connection if job is not None else redis_from_settings(settings)
-    # The host whose queue the job came from; PODHOOK_HOST_ID may be unset in a worker
-    # started with --host-id.
     host = (job.meta.get("host") if job is not None else None) or settings.host_id
-    with log_context(
-        source=event.source or None,
-        delivery=event.delivery,
-        job=job.id if job is not None else None,
-        host=host,
-        image=event.reference,
-        digest=event.digest,
-    ):
-        return _apply(event, settings, job, redis, host)
+    return job, redis, host
 
 
-def _report_unreachable(
-    event: PushEvent,
+def _updater(settings: Settings, runtime: PodmanRuntime, redis: Redis, host: str) -> Updater:
+    return Updater(
+        runtime,
+        DBusUnitManager(settings.systemd_bus),
+        # A lock lives as long as a job may, and a wait ends while the job can still report.
+        RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2),
+        UpdateOptions(
+            dry_run=settings.dry_run,
+            rollback=settings.rollback,
+            restart_timeout=settings.restart_timeout,
+            settle_seconds=settings.settle_seconds,
+            authfile=settings.authfile,
+            registry_aliases=settings.registry_aliases,
+        ),
+    )
+
+
+def _event_for(reference: str, digest: str | None) -> PushEvent:
+    ref = parse_reference(reference)
+    return make_event(ref.registry, ref.repository, ref.tag or "latest", digest)
+
+
+def converge(host: str, reference: str) -> dict[str, Any]:
+    """Make this host's containers of ``reference`` run what the reference names now.
+
+    Reads the desired state (the last push's digest, if it named one) when it runs, not the
+    push that queued it; looks again when a push came while it worked. Returns the report
+    (also in the job's meta as ``report``, and in the audit trail). Rows that failed without
+    changing anything raise TransientUpdateError, which RQ retries with backoff; restarts that
+    failed or rolled back raise UpdateFailedError and are not retried.
+    """
+    settings = load_settings()
+    job, redis, _ = _context(settings)
+    job_id = job.id if job is not None else "inline"
+    with log_context(job=job_id if job is not None else None, host=host, image=reference):
+        start_work(redis, host, reference, job_id, ttl=settings.job_timeout)
+        outcome: UpdateOutcome | None = None
+        report: dict[str, Any] = {}
+        retrying = False
+        try:
+            for _ in range(MAX_LOOKS):
+                desired = get_desired(redis, reference)
+                digest = desired.digest if desired else None
+                outcome, report = _run(
+                    settings,
+                    job,
+                    redis,
+                    host,
+                    _event_for(reference, digest),
+                    lambda updater, d=digest: updater.converge(reference, d),
+                )
+                if outcome.lasting:
+                    # A restart failed (and was rolled back): another look would restart the
+                    # same image again. The next push, or the operator, decides.
+                    release_work(redis, host, reference, job_id)
+                    break
+                if outcome.retryable:
+                    latest = get_desired(redis, reference)
+                    if latest and desired and latest.generation != desired.generation:
+                        continue  # a newer push came: look at it now rather than back off
+                    retrying = job is not None and (job.retries_left or 0) > 0
+                if not finish_work(redis, host, reference, job_id, retrying=retrying):
+                    break
+        except BaseException:
+            finish_work(
+                redis,
+                host,
+                reference,
+                job_id,
+                retrying=job is not None and (job.retries_left or 0) > 0,
+            )
+            raise
+        assert outcome is not None
+        return _conclude(settings, job, redis, host, outcome, report)
+
+
+def reconcile(
+    host: str, dry_run: bool | None = None, rollback: bool | None = None
+) -> dict[str, Any]:
+    """Check every labeled container of this host against its registry and update those
+    behind, as `podman auto-update` does (``dry_run`` and ``rollback`` override the settings).
+    Returns the report, like ``converge``."""
+    overrides = {"dry_run": dry_run, "rollback": rollback}
+    settings = load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
+    job, redis, _ = _context(settings)
+    with log_context(job=job.id if job is not None else None, host=host):
+        release_reconcile(redis, host)
+        outcome, report = _run(
+            settings,
+            job,
+            redis,
+            host,
+            None,
+            lambda updater: updater.reconcile(registry_lookup(settings)),
+        )
+        return _conclude(settings, job, redis, host, outcome, report)
+
+
+def registry_lookup(settings: Settings) -> Any:
+    """The digest lookup the reconcile uses: a manifest HEAD with the container's authfile."""
+
+    from workers.authfile import default_authfiles, find_credentials  # noqa: PLC0415
+    from workers.registry_client import (  # noqa: PLC0415
+        RegistryCredentials,
+        get_manifest_digest,
+    )
+
+    def lookup(image_reference: str, authfile: str | None) -> str:
+        name = parse_reference(image_reference).name
+        found = None
+        for path in [authfile] if authfile else default_authfiles():
+            found = find_credentials(path, name)
+            if found is not None:
+                break
+        credentials = (
+            RegistryCredentials(found.username, found.password, found.identity_token)
+            if found is not None
+            else None
+        )
+        return get_manifest_digest(image_reference, credentials=credentials)
+
+    return lookup
+
+
+def apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
+    """Jobs queued before convergence: converge the event's reference on this host."""
+    event = PushEvent.from_dict(event_data)
+    job = get_current_job()
+    host = (job.meta.get("host") if job is not None else None) or load_settings().host_id
+    return converge(host, event.reference)
+
+
+def _run(
     settings: Settings,
     job: Any,
     redis: Redis,
     host: str,
+    event: PushEvent | None,
+    act: Any,
+) -> tuple[UpdateOutcome, dict[str, Any]]:
+    runtime = PodmanRuntime(settings.podman_url)
+    started = time.time()
+    try:
+        outcome = act(_updater(settings, runtime, redis, host))
+    except (ContainerRuntimeError, UnitError) as error:
+        _report_unreachable(settings, job, redis, host, event, started, error)
+        raise TransientUpdateError(str(error)) from error
+    finally:
+        runtime.close()
+    rows = [row.to_dict() for row in outcome.rows]
+    report: dict[str, Any] = {
+        "host": host,
+        "kind": "converge" if event is not None else "reconcile",
+        "reference": event.reference if event is not None else "*",
+        "event": event.to_dict() if event is not None else {},
+        "started_at": started,
+        "finished_at": time.time(),
+        "containers": rows,
+        "summary": summarize(outcome.rows),
+    }
+    for row in outcome.rows:
+        log.log(
+            logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
+            "container %s: %s: %s",
+            row.container_name,
+            row.state.value,
+            row.reason,
+            extra={"unit": row.unit, "container": row.container_name, "state": row.state.value},
+        )
+    if job is not None:
+        report["job"] = job.id
+        job.meta["report"] = report
+        job.save_meta()
+    audit.record(redis, "outcome", report, settings.audit_retention)
+    metrics.record_outcomes(
+        redis,
+        host,
+        outcome.rows,
+        received_at=event.received_at if event is not None else None,
+        started_at=started,
+    )
+    return outcome, report
+
+
+def _conclude(
+    settings: Settings,
+    job: Any,
+    redis: Redis,
+    host: str,
+    outcome: UpdateOutcome,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Notify, then end the job as its rows say: failed, retried, or done."""
+    lasting, retryable = outcome.lasting, outcome.retryable
+    told = report
+    if retryable and not lasting and job is not None and (job.retries_left or 0) > 0:
+        # RQ tries again: a passing failure is told once, by the attempt that gives up.
+        told = {**report, "containers": [r.to_dict() for r in lasting]}
+    sent = notify_outcome(settings, told)
+    if sent is not None:
+        metrics.record_notification(redis, host, sent)
+    if lasting:
+        if job is not None:
+            job.retries_left = 0  # a restart that failed is not retried behind the user's back
+        raise UpdateFailedError(
+            "; ".join(f"{row.container_name}: {row.state.value}: {row.reason}" for row in lasting)
+        )
+    if retryable:
+        raise TransientUpdateError("; ".join(row.reason for row in retryable))
+    return report
+
+
+def _report_unreachable(
+    settings: Settings,
+    job: Any,
+    redis: Redis,
+    host: str,
+    event: PushEvent | None,
     started: float,
     error: Exception,
 ) -> None:
     """Record (and, on the last attempt, notify) a job that could not even list containers."""
-    log.warning("cannot apply the push of %s: %s", event.reference, error)
+    log.warning("cannot reach Podman or systemd: %s", error)
     report: dict[str, Any] = {
         "host": host,
-        "event": event.to_dict(),
+        "kind": "converge" if event is not None else "reconcile",
+        "reference": event.reference if event is not None else "*",
+        "event": event.to_dict() if event is not None else {},
         "started_at": started,
         "finished_at": time.time(),
         "containers": [],
@@ -91,82 +298,8 @@ def _report_unreachable(
             "container_name": "(every container of this host)",
             "unit": None,
             "state": "failed",
-            "reason": f"cannot apply the push: {error}",
+            "reason": f"cannot reach Podman or systemd: {error}",
         }
         sent = notify_outcome(settings, {**report, "containers": [row]})
         if sent is not None:
             metrics.record_notification(redis, host, sent)
-
-
-def _apply(
-    event: PushEvent, settings: Settings, job: Any, redis: Redis, host: str
-) -> dict[str, Any]:
-    log.info("applying the push of %s", event.reference)
-    runtime = PodmanRuntime(settings.podman_url)
-    started = time.time()
-    try:
-        updater = Updater(
-            runtime,
-            DBusUnitManager(settings.systemd_bus),
-            # A lock lives as long as a job may, and a wait ends while the job can still report.
-            RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2),
-            UpdateOptions(
-                dry_run=settings.dry_run,
-                rollback=settings.rollback,
-                restart_timeout=settings.restart_timeout,
-                settle_seconds=settings.settle_seconds,
-                authfile=settings.authfile,
-            ),
-        )
-        outcome = updater.apply(event)
-    except (ContainerRuntimeError, UnitError) as error:
-        _report_unreachable(event, settings, job, redis, host, started, error)
-        raise TransientUpdateError(str(error)) from error
-    finally:
-        runtime.close()
-    rows = [row.to_dict() for row in outcome.rows]
-    report = {
-        "host": host,
-        "event": event.to_dict(),
-        "started_at": started,
-        "finished_at": time.time(),
-        "containers": rows,
-        "summary": summarize(outcome.rows),
-    }
-    for row in outcome.rows:
-        log.log(
-            logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
-            "container %s: %s: %s",
-            row.container_name,
-            row.state.value,
-            row.reason,
-            extra={"unit": row.unit, "container": row.container_name, "state": row.state.value},
-        )
-    if not outcome.rows:
-        log.info("no container of this host runs %s", event.reference)
-    if job is not None:
-        report["job"] = job.id
-        job.meta["report"] = report
-        job.save_meta()
-    audit.record(redis, "outcome", report, settings.audit_retention)
-    metrics.record_outcomes(
-        redis, host, outcome.rows, received_at=event.received_at, started_at=started
-    )
-    failures = [row for row in outcome.rows if row.state in FAILURE_STATES]
-    lasting = [row for row in failures if row.reason not in outcome.transient]
-    told = report
-    if failures and not lasting and job is not None and (job.retries_left or 0) > 0:
-        # RQ tries again: a passing failure is told once, by the attempt that gives up.
-        told = {**report, "containers": [r for r in rows if r["reason"] not in outcome.transient]}
-    sent = notify_outcome(settings, told)
-    if sent is not None:
-        metrics.record_notification(redis, host, sent)
-    if lasting:
-        if job is not None:
-            job.retries_left = 0  # a restart that failed is not retried behind the user's back
-        raise UpdateFailedError(
-            "; ".join(f"{row.container_name}: {row.state.value}: {row.reason}" for row in lasting)
-        )
-    if failures:
-        raise TransientUpdateError("; ".join(outcome.transient))
-    return report

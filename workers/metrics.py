@@ -33,7 +33,8 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
-from workers.queueing import get_hosts, get_queue
+from workers.hosts import get_hosts
+from workers.queueing import get_queue
 from workers.report import ContainerReport, UpdateState
 
 log = logging.getLogger("podhook.metrics")
@@ -50,8 +51,8 @@ PUSH_TO_RUNNING = "push_to_running_seconds"
 
 # What a delivery to POST /v1/webhooks/<endpoint> came to; one per answer the route can give.
 DELIVERY_OUTCOMES = (
-    "queued",  # 202: at least one new job
-    "duplicate",  # 200: a delivery id seen before, or only jobs that already existed
+    "queued",  # 202: its pushes recorded as desired state, the hosts concerned asked to converge
+    "duplicate",  # 200: a delivery id seen before
     "ignored",  # 200: no push events in it (blobs, pulls, tests, deletes)
     "handshake",  # 200: a sender's validation request, answered
     "refused_auth",  # 401

@@ -1,41 +1,40 @@
-"""The fleet in Redis: registered hosts, their queues, and queuing one job per host for a push."""
+"""Convergence work in RQ: one job per (host, reference) at a time, that hints join.
+
+A push is not replayed: it asks each concerned host to make its containers of the reference
+run what the reference names now. While such a job waits, further hints for that host and
+reference join it; while it runs, they mark it to look once more when it ends. The work key
+``podhook:work:<host>:<reference>`` holds which job that is and whether it waits or runs.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import time
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from workers.events import PushEvent
 from workers.settings import Settings
 
-HOSTS_KEY = "podhook:hosts"
 DELIVERIES_KEY = "podhook:delivery:{endpoint}:{delivery}"
-RECENT_KEY = "podhook:recent:{host}:{reference}"
-LAST_DIGEST_KEY = "podhook:last-digest:{host}:{reference}"
-JOB_FUNCTION = "workers.jobs.apply_push"
+WORK_KEY = "podhook:work:{host}:{reference}"
+CONVERGE_FUNCTION = "workers.jobs.converge"
+RECONCILE_FUNCTION = "workers.jobs.reconcile"
 
-# A digest-less push (Docker Hub, Quay, ...) waits this long before it runs, so that the
-# several deliveries senders make of one push coalesce into one job per host and reference.
-DIGESTLESS_DELAY_SECONDS = 10
-# How long the coalescing key outlives the delay (it only matters while the job waits).
-DIGESTLESS_WINDOW_SECONDS = 60
 # GitHub redelivers by hand for up to three days; remember delivery ids that long.
 DELIVERY_MEMORY_SECONDS = 3 * 24 * 3600
-# Backoff between attempts of a job that failed for a passing reason (registry or Podman down).
+# Backoff between attempts of a job that failed for a passing reason (registry or Podman down,
+# a mirror that does not serve the pushed digest yet).
 RETRY_INTERVALS = [10, 30, 90]
 # How long one job may run before RQ stops it: a pull and two restarts with their settle
 # windows per unit, for several units. Per-unit locks live as long, and waits end sooner.
 DEFAULT_JOB_TIMEOUT_SECONDS = 1800
+# Attempts of the optimistic transaction before a hint gives up (only under heavy contention).
+_WATCH_ATTEMPTS = 20
 
 
 class NoHostsError(RuntimeError):
@@ -44,11 +43,26 @@ class NoHostsError(RuntimeError):
 
 @dataclass(frozen=True)
 class QueuedJob:
-    """One host's job for a push; ``duplicate`` when an identical job already existed."""
+    """One host's job for a reference; ``duplicate`` when the hint joined a job already there."""
 
     host: str
     job_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How convergence jobs are queued: retries with backoff, how long they may run, and how
+    long their records are kept."""
+
+    retries: int = 3
+    job_timeout: int = DEFAULT_JOB_TIMEOUT_SECONDS
+    result_ttl: int = 7 * 24 * 3600
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobOptions:
+        """The options the settings name."""
+        return cls(settings.job_retries, settings.job_timeout, settings.result_ttl)
 
 
 def redis_from_settings(settings: Settings) -> Redis:
@@ -66,28 +80,20 @@ def get_queue(redis: Redis, host: str) -> Queue:
     return Queue(queue_name(host), connection=redis, serializer=JSONSerializer)
 
 
-def register_host(redis: Redis, host: str, now: float | None = None) -> None:
-    """Record that a worker of ``host`` is alive now; pushes from then on reach its queue."""
-    redis.zadd(HOSTS_KEY, {host: time.time() if now is None else now})
+def work_key(host: str, reference: str) -> str:
+    """The Redis key of the convergence work of one host and reference."""
+    return WORK_KEY.format(host=host, reference=reference)
 
 
-def forget_host(redis: Redis, host: str) -> bool:
-    """Stop queuing pushes for ``host``. Returns whether it was registered."""
-    return bool(redis.zrem(HOSTS_KEY, host))
+def work_key_pattern(host: str) -> str:
+    """A SCAN pattern matching every work key of ``host``."""
+    return WORK_KEY.format(host=host, reference="*")
 
 
-def get_hosts(redis: Redis) -> dict[str, float]:
-    """Every registered host with the time of its last heartbeat."""
-    entries: list[tuple[bytes, float]] = redis.zrange(  # type: ignore[assignment]
-        HOSTS_KEY, 0, -1, withscores=True
-    )
-    return {host.decode(): score for host, score in entries}
-
-
-def job_id_for(host: str, event: PushEvent, salt: str = "") -> str:
-    """A stable job id for (host, reference, digest): a repeated delivery maps to the same id."""
-    key = "\n".join([host, event.reference, event.digest or "", salt])
-    return "push-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+def new_job_id(kind: str, host: str, reference: str) -> str:
+    """A fresh job id that names its kind and, by a stable prefix, its host and reference."""
+    stem = hashlib.sha256(f"{host}\n{reference}".encode()).hexdigest()[:16]
+    return f"{kind}-{stem}-{uuid.uuid4().hex[:12]}"
 
 
 def is_delivery_seen(redis: Redis, endpoint: str, delivery: str) -> bool:
@@ -101,126 +107,200 @@ def remember_delivery(redis: Redis, endpoint: str, delivery: str) -> None:
     redis.set(key, 1, ex=DELIVERY_MEMORY_SECONDS)
 
 
-def _get_text(redis: Redis, key: str) -> str | None:
-    raw = redis.get(key)
-    return raw.decode() if isinstance(raw, bytes) else raw  # type: ignore[return-value]
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _job_status(redis: Redis, job_id: str) -> JobStatus | None:
-    """The status of a job, or None when there is no such job (any more)."""
-    try:
-        return Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
-    except NoSuchJobError:
-        return None
-
-
-_WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED)
-
-
-def enqueue_push(
+def request_convergence(
     redis: Redis,
-    event: PushEvent,
+    host: str,
+    reference: str,
+    options: JobOptions | None = None,
     *,
-    retries: int = 3,
-    result_ttl: int = 7 * 24 * 3600,
-    coalesce_seconds: float = DIGESTLESS_DELAY_SECONDS,
-    job_timeout: int = DEFAULT_JOB_TIMEOUT_SECONDS,
-) -> list[QueuedJob]:
-    """Queue ``event`` once on the queue of every registered host.
+    hint: dict[str, Any] | None = None,
+    at_front: bool = False,
+) -> QueuedJob:
+    """Ask ``host`` to converge its containers of ``reference`` on what the reference names.
 
-    A push with a digest gets the job id ``job_id_for(host, event)``: a repeat is a duplicate
-    while that job waits or runs, and after it finished as long as no other digest was queued
-    for the reference since (a tag moved back to an older image is a new push, and so is a
-    push whose job failed). A push without a digest is scheduled ``coalesce_seconds`` ahead,
-    and further deliveries for that host and reference join it while it has not started:
-    senders fan one push out into several deliveries, and the job pulls whatever the tag names
-    when it runs, so nothing is lost. Raises NoHostsError when no host is registered, and
-    redis.RedisError when Redis fails (jobs already queued stay queued and dedupe on retry).
+    Joins the host's job for that reference when one waits (``duplicate``); marks it to look
+    again when it ends if it runs; else queues a new job (``workers.jobs.converge``), stored
+    with the work key in one transaction, so a hint is never lost between a job's last look
+    and its end. ``hint`` (the push that asked, for the record) goes into the job's meta.
+    Raises redis.RedisError when Redis fails.
     """
-    hosts = sorted(get_hosts(redis))
-    if not hosts:
-        raise NoHostsError("no worker host has registered; start `podhook worker` on a host")
-    options: dict[str, Any] = {
-        "args": (event.to_dict(),),
-        "job_timeout": job_timeout,
-        "result_ttl": result_ttl,
-        "failure_ttl": result_ttl,
-        "retry": Retry(max=retries, interval=RETRY_INTERVALS) if retries > 0 else None,
-        "description": f"push {event.reference} {event.digest or '(no digest)'}",
-    }
-    results = []
-    for host in hosts:
-        queue = get_queue(redis, host)
-        meta = {"host": host, "event": event.to_dict()}
-        if event.digest is not None:
-            results.append(_enqueue_digest(redis, queue, host, event, meta, options, result_ttl))
-        else:
-            window = int(coalesce_seconds) + DIGESTLESS_WINDOW_SECONDS
-            results.append(
-                _enqueue_coalesced(
-                    redis, queue, host, event, meta, options, coalesce_seconds, window
+    options = options or JobOptions()
+    key = work_key(host, reference)
+    queue = get_queue(redis, host)
+    for _ in range(_WATCH_ATTEMPTS):
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                current = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}  # type: ignore[union-attr]
+                if current.get("state") == "waiting":
+                    return QueuedJob(host, current["job"], duplicate=True)
+                pipe.multi()
+                if current.get("state") == "running":
+                    pipe.hset(key, "again", "1")
+                    pipe.execute()
+                    return QueuedJob(host, current["job"], duplicate=True)
+                job_id = new_job_id("converge", host, reference)
+                queue.enqueue_call(
+                    CONVERGE_FUNCTION,
+                    args=(host, reference),
+                    job_id=job_id,
+                    timeout=options.job_timeout,
+                    result_ttl=options.result_ttl,
+                    failure_ttl=options.result_ttl,
+                    retry=Retry(max=options.retries, interval=RETRY_INTERVALS)
+                    if options.retries > 0
+                    else None,
+                    description=f"converge {reference}",
+                    meta={"host": host, "reference": reference, "event": hint or {}},
+                    pipeline=pipe,
+                    at_front=at_front,
                 )
-            )
-    return results
+                pipe.hset(key, mapping={"job": job_id, "state": "waiting", "again": "0"})
+                # Outlives every attempt of the job, so a crashed worker cannot pin it for good.
+                pipe.expire(key, options.job_timeout * (options.retries + 2) + sum(RETRY_INTERVALS))
+                pipe.execute()
+                return QueuedJob(host, job_id, duplicate=False)
+            except WatchError:
+                continue
+    raise WatchError(f"work of {host} for {reference} kept changing; try again")
 
 
-def _enqueue_digest(
-    redis: Redis,
-    queue: Queue,
-    host: str,
-    event: PushEvent,
-    meta: dict[str, Any],
-    options: dict[str, Any],
-    result_ttl: int,
-) -> QueuedJob:
-    job_id = job_id_for(host, event)
-    last_key = LAST_DIGEST_KEY.format(host=host, reference=event.reference)
-    status = _job_status(redis, job_id)
-    if status in (*_WAITING, JobStatus.STARTED) or (
-        status is JobStatus.FINISHED and _get_text(redis, last_key) == event.digest
-    ):
-        return QueuedJob(host, job_id, duplicate=True)
-    if status is not None:
-        job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
-    try:
-        queue.enqueue(JOB_FUNCTION, job_id=job_id, meta=meta, unique=True, **options)
-    except DuplicateJobError:
-        return QueuedJob(host, job_id, duplicate=True)
-    redis.set(last_key, event.digest or "", ex=result_ttl)
-    return QueuedJob(host, job_id, duplicate=False)
+def start_work(redis: Redis, host: str, reference: str, job_id: str, ttl: int) -> bool:
+    """Mark the work of (host, reference) as run by ``job_id`` and clear its "again" mark.
 
-
-def _enqueue_coalesced(
-    redis: Redis,
-    queue: Queue,
-    host: str,
-    event: PushEvent,
-    meta: dict[str, Any],
-    options: dict[str, Any],
-    delay: float,
-    window: int,
-) -> QueuedJob:
-    recent = RECENT_KEY.format(host=host, reference=event.reference)
-    job_id = job_id_for(host, event, salt=f"{time.time():.6f}")
+    Returns False when the work key names another job (the host was forgotten, or a newer job
+    took over): the caller then still converges, which is harmless, but owns nothing.
+    """
+    key = work_key(host, reference)
     with redis.pipeline() as pipe:
         try:
-            # WATCH makes "is a job waiting? if not, schedule one and remember it" one step:
-            # of two deliveries at once, one schedules and the other sees it.
-            pipe.watch(recent)
-            waiting = _get_text(pipe, recent)  # type: ignore[arg-type]
-            if waiting and _job_status(redis, waiting) in _WAITING:
-                return QueuedJob(host, waiting, duplicate=True)
+            pipe.watch(key)
+            owner = pipe.hget(key, "job")
+            if owner is not None and _text(owner) != job_id:
+                return False
             pipe.multi()
-            queue.enqueue_in(
-                timedelta(seconds=delay),
-                JOB_FUNCTION,
-                job_id=job_id,
-                meta=meta,
-                pipeline=pipe,
-                **options,
-            )
-            pipe.set(recent, job_id, ex=window)
+            pipe.hset(key, mapping={"job": job_id, "state": "running", "again": "0"})
+            pipe.expire(key, ttl)
             pipe.execute()
+            return True
         except WatchError:
-            return QueuedJob(host, _get_text(redis, recent) or job_id, duplicate=True)
-    return QueuedJob(host, job_id, duplicate=False)
+            # A hint marked it "again" in between: the job is ours all the same.
+            redis.hset(key, mapping={"job": job_id, "state": "running"})
+            return True
+
+
+def finish_work(redis: Redis, host: str, reference: str, job_id: str, *, retrying: bool) -> bool:
+    """End a job's turn on (host, reference). Returns True when a hint came while it ran and
+    the job must look once more (the work stays ``running``, its mark cleared); otherwise the
+    work is released (or, with ``retrying``, left ``waiting`` for RQ's next attempt, which
+    hints then join) and False is returned. Atomic against concurrent hints.
+    """
+    key = work_key(host, reference)
+    for _ in range(_WATCH_ATTEMPTS):
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                current = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}  # type: ignore[union-attr]
+                if current.get("job") != job_id:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                if current.get("again") == "1" and not retrying:
+                    pipe.hset(key, "again", "0")
+                    pipe.execute()
+                    return True
+                if retrying:
+                    pipe.hset(key, mapping={"state": "waiting", "again": "0"})
+                else:
+                    pipe.delete(key)
+                pipe.execute()
+                return False
+            except WatchError:
+                continue
+    return False
+
+
+def release_work(redis: Redis, host: str, reference: str, job_id: str) -> None:
+    """Release the work of (host, reference) if ``job_id`` holds it, whatever hints came:
+    for a job that ends on a failure another look must not repeat by itself."""
+    key = work_key(host, reference)
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if _text(pipe.hget(key, "job") or b"") == job_id:
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+        except WatchError:
+            pass  # a hint came in between: the next one queues a job of its own
+
+
+def is_work_running(redis: Redis, host: str, reference: str) -> bool:
+    """Whether a job of ``host`` is converging ``reference`` right now."""
+    return _text(redis.hget(work_key(host, reference), "state") or b"") == "running"
+
+
+def request_reconcile(
+    redis: Redis,
+    host: str,
+    options: JobOptions | None = None,
+    *,
+    at_front: bool = False,
+    dry_run: bool | None = None,
+    rollback: bool | None = None,
+) -> QueuedJob:
+    """Queue a reconcile of every labeled container of ``host`` unless one already waits
+    (a reconcile asked for with ``dry_run`` or ``rollback`` is always queued on its own).
+
+    Raises redis.RedisError when Redis fails.
+    """
+    options = options or JobOptions()
+    if dry_run is not None or rollback is not None:
+        job_id = new_job_id("reconcile", host, "")
+        get_queue(redis, host).enqueue_call(
+            RECONCILE_FUNCTION,
+            args=(host, dry_run, rollback),
+            job_id=job_id,
+            timeout=options.job_timeout,
+            result_ttl=options.result_ttl,
+            failure_ttl=options.result_ttl,
+            description="reconcile every labeled container" + (" (dry run)" if dry_run else ""),
+            meta={"host": host, "reference": "*"},
+            at_front=at_front,
+        )
+        return QueuedJob(host, job_id, duplicate=False)
+    key = work_key(host, "*reconcile*")
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            waiting = pipe.get(key)
+            if waiting is not None:
+                return QueuedJob(host, _text(waiting), duplicate=True)
+            job_id = new_job_id("reconcile", host, "")
+            pipe.multi()
+            get_queue(redis, host).enqueue_call(
+                RECONCILE_FUNCTION,
+                args=(host,),
+                job_id=job_id,
+                timeout=options.job_timeout,
+                result_ttl=options.result_ttl,
+                failure_ttl=options.result_ttl,
+                description="reconcile every labeled container",
+                meta={"host": host, "reference": "*"},
+                pipeline=pipe,
+                at_front=at_front,
+            )
+            pipe.set(key, job_id, ex=options.job_timeout)
+            pipe.execute()
+            return QueuedJob(host, job_id, duplicate=False)
+        except WatchError:
+            return QueuedJob(host, _text(redis.get(key) or b""), duplicate=True)
+
+
+def release_reconcile(redis: Redis, host: str) -> None:
+    """Let the next reconcile of ``host`` be queued (called when one starts)."""
+    redis.delete(work_key(host, "*reconcile*"))

@@ -27,7 +27,8 @@ class ContainerReport:
     """One container's outcome for one push.
 
     ``old_image`` and ``new_image`` are image ids; ``timings`` holds seconds since the job
-    started for each step reached (``pulled``, ``restarted``, ``active``, ``finished``).
+    started for each step reached (``pulled``, ``restarted``, ``active``, ``finished``);
+    ``retryable`` marks a failure that changed nothing, worth another attempt.
     """
 
     container_id: str
@@ -40,6 +41,9 @@ class ContainerReport:
     old_image: str | None = None
     new_image: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # A failure that changed nothing (a pull that failed, a registry that does not serve the
+    # pushed digest yet): another attempt may succeed. Restarts that failed are never retried.
+    retryable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the state as its string value."""
@@ -54,3 +58,14 @@ def summarize(rows: list[ContainerReport]) -> dict[str, int]:
     for row in rows:
         counts[row.state.value] += 1
     return counts
+
+
+# How `podman auto-update` prints each state in its UPDATED column.
+PODMAN_UPDATED = {
+    UpdateState.UPDATED: "true",
+    UpdateState.UNCHANGED: "false",
+    UpdateState.SKIPPED: "false",
+    UpdateState.PENDING: "pending",
+    UpdateState.FAILED: "failed",
+    UpdateState.ROLLED_BACK: "rolled back",
+}

@@ -1,65 +1,117 @@
-"""Apply one push on this host: match containers, pull their own references, restart, roll back."""
+"""Converge this host's containers on what their references name: observe, decide, act, verify.
+
+Two entry points share the acting part. ``converge`` answers a hint ("reference R was pushed,
+its digest is D or unknown") for the containers of R; ``reconcile`` checks every labeled
+container against its registry (one manifest HEAD per distinct reference), as `podman
+auto-update` does. Either pulls only a container's own reference, restarts each unit once,
+verifies it, and rolls every unit of a reference back together when one fails on the new
+image, so that all units of a reference run the image its local tag names.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from workers.events import PushEvent
+from workers.inventory import routed_reference
 from workers.locks import LockTimeoutError, UnitLocks
 from workers.podman_runtime import (
     AUTHFILE_LABEL,
+    UNIT_LABEL,
     Container,
     ContainerRuntime,
     ContainerRuntimeError,
     Image,
 )
-from workers.reference import ImageRef, InvalidReferenceError, parse_reference
+from workers.reference import InvalidReferenceError, parse_reference
 from workers.report import ContainerReport, UpdateState
 from workers.systemd_units import UnitError, UnitManager
 
 log = logging.getLogger("podhook.worker")
 
-# Podman's policies: "registry" (and its old alias "image") pull from the registry; "local"
-# only compares with local storage, so a registry push has nothing to do with it.
+# Podman's policies (pkg/autoupdate): "registry" (and its old alias "image") compare with the
+# registry; "local" with the newest local image of that name; "disabled" (or empty) opts out.
 REGISTRY_POLICIES = frozenset({"registry", "image"})
+LOCAL_POLICY = "local"
+DISABLED_POLICIES = frozenset({"", "disabled"})
+KNOWN_POLICIES = REGISTRY_POLICIES | DISABLED_POLICIES | {LOCAL_POLICY}
+
+# The registry's digest of a reference: ``lookup(image_reference, authfile)``.
+DigestLookup = Callable[[str, "str | None"], str]
 
 
 @dataclass(frozen=True)
 class UpdateOptions:
-    """How updates are applied: dry run, rollback, timeouts and the default authfile."""
+    """How updates are applied: dry run, rollback, timeouts, the default authfile, aliases."""
 
     dry_run: bool = False
     rollback: bool = True
     restart_timeout: float = 120.0
     settle_seconds: float = 5.0
     authfile: str | None = None
+    registry_aliases: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class UpdateOutcome:
-    """The rows of one push on one host, and whether a failure is worth another attempt.
-
-    ``transient`` lists failures that changed nothing (a pull that failed, say), after which
-    retrying the job may succeed; restarts that failed are never retried automatically.
-    """
+    """The rows of one job on one host, one per container concerned."""
 
     rows: list[ContainerReport] = field(default_factory=list)
-    transient: list[str] = field(default_factory=list)
+
+    @property
+    def retryable(self) -> list[ContainerReport]:
+        """Failed rows that changed nothing: another attempt may succeed."""
+        return [r for r in self.rows if r.state is UpdateState.FAILED and r.retryable]
+
+    @property
+    def lasting(self) -> list[ContainerReport]:
+        """Failed or rolled-back rows that another attempt must not repeat on its own."""
+        return [
+            r
+            for r in self.rows
+            if r.state in (UpdateState.FAILED, UpdateState.ROLLED_BACK) and not r.retryable
+        ]
 
 
-class _Member:
-    """A matched container and its parsed reference, while its unit is being updated."""
+def _go_quote(text: str) -> str:
+    return json.dumps(text)
 
-    def __init__(self, container: Container, ref: ImageRef) -> None:
-        self.container = container
-        self.ref = ref
+
+def configuration_error(container: Container) -> str | None:
+    """Why a labeled container cannot be auto-updated, in Podman's words, or None."""
+    if container.policy not in KNOWN_POLICIES:
+        valid = " ".join(_go_quote(p) for p in sorted(KNOWN_POLICIES - {""}))
+        policy = _go_quote(container.policy)
+        return f"invalid auto-update policy {policy}: valid policies are [{valid}]"
+    if container.policy in DISABLED_POLICIES:
+        return None
+    if not container.image_reference or not container.image_id:
+        return (
+            f"internal error: no image found for ID {container.image_id}: container "
+            f"{_go_quote(container.id)} was created from a root file system (--rootfs)"
+        )
+    if container.unit is None:
+        return f"auto-updating container {_go_quote(container.id)}: no {UNIT_LABEL} label found"
+    if container.policy in REGISTRY_POLICIES:
+        try:
+            ref = parse_reference(container.image_reference)
+        except InvalidReferenceError as error:
+            return f"auto-updating container {_go_quote(container.id)}: {error}"
+        if not ref.fully_qualified:
+            return (
+                f"auto-updating container {_go_quote(container.id)}: image name "
+                f"{_go_quote(container.image_reference)} must be fully qualified"
+            )
+    return None
 
 
 class Updater:
-    """Decides and carries out what a push means for the containers of this host."""
+    """Decides and carries out what this host's containers need to run their references."""
 
     def __init__(
         self,
@@ -73,162 +125,189 @@ class Updater:
         self.locks = locks
         self.options = options or UpdateOptions()
 
-    def apply(self, event: PushEvent) -> UpdateOutcome:
-        """Update every container whose own reference names the pushed registry, repo and tag.
+    # ---------------------------------------------------------------- entry points
 
-        Containers of one unit are handled together under the unit's lock and restart it once.
-        Raises ContainerRuntimeError when the containers cannot be listed at all.
+    def apply(self, event: PushEvent) -> UpdateOutcome:
+        """``converge`` on a push event's reference and digest."""
+        return self.converge(event.reference, event.digest)
+
+    def converge(
+        self,
+        reference: str,
+        digest: str | None,
+        containers: list[Container] | None = None,
+    ) -> UpdateOutcome:
+        """Make the containers of ``reference`` (``registry/repository:tag``) run what it names.
+
+        With ``digest``, containers that already run it are unchanged without a pull, and a
+        pull that does not yield it is a retryable failure (a mirror or replica lagging behind
+        the push). Without one, the reference is pulled and image ids compared. Containers of
+        the "local" policy are not concerned by a registry push; misconfigured ones are
+        ``failed`` rows. Raises ContainerRuntimeError when the containers cannot be listed.
         """
         started = time.monotonic()
         outcome = UpdateOutcome()
-        by_unit: dict[str, list[_Member]] = defaultdict(list)
-        for container in self.runtime.list_autoupdate_containers():
-            member_or_row = self._classify(container, event)
-            if isinstance(member_or_row, ContainerReport):
-                outcome.rows.append(member_or_row)
-            elif member_or_row is not None:
-                assert container.unit is not None
-                by_unit[container.unit].append(member_or_row)
-        for unit in sorted(by_unit):
-            try:
-                with self.locks.hold(unit):
-                    # Another worker may have restarted this unit while we waited for the
-                    # lock: decide on the containers as they are now, not as they were listed.
-                    members = [
-                        member
-                        for container in self.runtime.list_autoupdate_containers()
-                        if container.unit == unit
-                        and isinstance(member := self._classify(container, event), _Member)
-                    ]
-                    self._update_unit(unit, members, event, started, outcome)
-            except (ContainerRuntimeError, LockTimeoutError) as error:
-                # Raised before any restart (restarts report their own failures): nothing
-                # changed, so the job may try again; the other units go on.
-                reason = str(error)
-                outcome.transient.append(reason)
-                reported = {row.container_id for row in outcome.rows}
-                for member in by_unit[unit]:
-                    if member.container.id not in reported:
-                        outcome.rows.append(
-                            _row(
-                                member.container,
-                                member.ref,
-                                UpdateState.FAILED,
-                                reason,
-                                old=member.container.image_id,
-                            )
-                        )
+        listed = self.runtime.list_autoupdate_containers() if containers is None else containers
+        members: list[Container] = []
+        for container in listed:
+            if routed_reference(container.image_reference, self.options.registry_aliases) != (
+                reference
+            ):
+                continue
+            problem = configuration_error(container)
+            if problem is not None:
+                outcome.rows.append(_row(container, UpdateState.FAILED, problem))
+            elif container.policy in REGISTRY_POLICIES:
+                members.append(container)
+            elif container.policy == LOCAL_POLICY:
+                outcome.rows.append(
+                    _row(
+                        container, UpdateState.SKIPPED, "policy 'local': a push does not concern it"
+                    )
+                )
+        if members:
+            self._converge_registry(reference, members, digest, started, outcome)
         return outcome
 
-    def _classify(self, container: Container, event: PushEvent) -> _Member | ContainerReport | None:
-        """A member to update, a skipped row, or None when the push does not concern it."""
-        try:
-            ref = parse_reference(container.image_reference)
-        except InvalidReferenceError:
-            return None
-        if ref.fully_qualified:
-            if not (ref.registry == event.registry and ref.repository == event.repository):
-                return None
-        # A short name ("app:1") could mean the pushed image on any registry of the search
-        # list; it is reported, never pulled.
-        elif event.repository not in (ref.repository, ref.repository.removeprefix("library/")):
-            return None
-        # A reference pinned by digest names one image for good, whatever the tag does.
-        if ref.tag != event.tag or ref.digest is not None:
-            return None
+    def reconcile(self, lookup: DigestLookup) -> UpdateOutcome:
+        """Check every labeled container of this host and update those behind.
 
-        def skipped(reason: str) -> ContainerReport:
-            return _row(container, ref, UpdateState.SKIPPED, reason)
+        Registry containers: one ``lookup`` (a manifest HEAD) per distinct reference; a
+        container whose image has that digest is unchanged, else its reference is converged
+        on that digest (pulled, restarted, verified). Local containers: behind when the local
+        image of their reference is not the one they run; their units restart without a pull.
+        Raises ContainerRuntimeError when the containers cannot be listed.
+        """
+        started = time.monotonic()
+        outcome = UpdateOutcome()
+        registry: dict[str, list[Container]] = defaultdict(list)
+        local: dict[str, list[Container]] = defaultdict(list)
+        for container in self.runtime.list_autoupdate_containers():
+            problem = configuration_error(container)
+            if problem is not None:
+                outcome.rows.append(_row(container, UpdateState.FAILED, problem))
+            elif container.policy in REGISTRY_POLICIES:
+                ref = parse_reference(container.image_reference)
+                if ref.digest is not None:
+                    outcome.rows.append(_row(container, UpdateState.UNCHANGED, "pinned by digest"))
+                else:
+                    registry[container.image_reference].append(container)
+            elif container.policy == LOCAL_POLICY:
+                local[container.image_reference].append(container)
+        for image_reference in sorted(registry):
+            containers = registry[image_reference]
+            authfile = self._authfile(containers[0])
+            try:
+                digest = lookup(image_reference, authfile)
+            except Exception as error:  # noqa: BLE001 - any lookup failure is this reference's
+                for container in containers:
+                    outcome.rows.append(
+                        _row(
+                            container,
+                            UpdateState.FAILED,
+                            f"checking {image_reference}: {error}",
+                            retryable=True,
+                        )
+                    )
+                continue
+            self._converge_registry(image_reference, containers, digest, started, outcome)
+        for image_reference in sorted(local):
+            self._converge_local(image_reference, local[image_reference], started, outcome)
+        return outcome
 
-        if container.policy not in REGISTRY_POLICIES:
-            return skipped(f"auto-update policy {container.policy!r} is not 'registry'")
-        if not ref.fully_qualified:
-            return skipped(
-                f"image reference {container.image_reference!r} is not fully qualified; "
-                "use registry/repository:tag"
-            )
-        if container.unit is None:
-            return skipped("no PODMAN_SYSTEMD_UNIT label: the container is not run by systemd")
-        return _Member(container, ref)
+    # ---------------------------------------------------------------- decide
 
-    def _update_unit(
+    def _authfile(self, container: Container) -> str | None:
+        return container.labels.get(AUTHFILE_LABEL) or self.options.authfile
+
+    def _converge_registry(
         self,
-        unit: str,
-        members: list[_Member],
-        event: PushEvent,
+        reference: str,
+        members: list[Container],
+        digest: str | None,
         started: float,
         outcome: UpdateOutcome,
     ) -> None:
         def elapsed() -> float:
             return round(time.monotonic() - started, 3)
 
-        pending: list[_Member] = []
-        for member in members:
-            current = self.runtime.get_image(member.container.image_id)
-            if event.digest and current.has_digest(member.ref.name, event.digest):
+        behind: list[Container] = []
+        for container in members:
+            if digest and self._runs_digest(container, digest):
                 outcome.rows.append(
                     _row(
-                        member.container,
-                        member.ref,
+                        container,
                         UpdateState.UNCHANGED,
-                        f"already runs {event.digest}",
-                        old=current.id,
-                        new=current.id,
+                        f"already runs {digest}",
+                        old=container.image_id,
+                        new=container.image_id,
                         timings={"finished": elapsed()},
                     )
                 )
             else:
-                pending.append(member)
-        if not pending:
+                behind.append(container)
+        if not behind:
             return
         if self.options.dry_run:
-            for member in pending:
-                what = f"{event.digest} is available" if event.digest else "the tag was pushed"
+            what = f"{digest} is available" if digest else "the tag was pushed"
+            for container in behind:
                 outcome.rows.append(
                     _row(
-                        member.container,
-                        member.ref,
+                        container,
                         UpdateState.PENDING,
-                        f"dry run: {what}; would pull {member.ref} and restart {unit}",
-                        old=member.container.image_id,
+                        f"dry run: {what}; would pull {container.image_reference} "
+                        f"and restart {container.unit}",
+                        old=container.image_id,
                     )
                 )
             return
 
         pulled: dict[str, Image] = {}
-        changed: list[tuple[_Member, Image]] = []
-        for member in pending:
-            reference = member.container.image_reference
-            authfile = member.container.labels.get(AUTHFILE_LABEL) or self.options.authfile
+        changed: list[tuple[Container, Image]] = []
+        for container in behind:
+            image_reference = container.image_reference
             try:
-                if reference not in pulled:
-                    pulled[reference] = self.runtime.pull(reference, authfile)
+                if image_reference not in pulled:
+                    pulled[image_reference] = self.runtime.pull(
+                        image_reference, self._authfile(container)
+                    )
                     log.info(
                         "pulled %s: image %s",
-                        reference,
-                        pulled[reference].id[:12],
-                        extra={"unit": unit, "container": member.container.name},
+                        image_reference,
+                        pulled[image_reference].id[:12],
+                        extra={"unit": container.unit, "container": container.name},
                     )
             except ContainerRuntimeError as error:
-                reason = str(error)
-                outcome.transient.append(reason)
                 outcome.rows.append(
                     _row(
-                        member.container,
-                        member.ref,
+                        container,
                         UpdateState.FAILED,
-                        reason,
-                        old=member.container.image_id,
+                        str(error),
+                        old=container.image_id,
                         timings={"finished": elapsed()},
+                        retryable=True,
                     )
                 )
                 continue
-            image = pulled[reference]
-            if image.id == member.container.image_id:
+            image = pulled[image_reference]
+            name = parse_reference(image_reference).name
+            if digest and not image.has_digest(name, digest):
                 outcome.rows.append(
                     _row(
-                        member.container,
-                        member.ref,
+                        container,
+                        UpdateState.FAILED,
+                        f"pulling {image_reference} gave image {image.id[:12]}, not the pushed "
+                        f"{digest}: the registry does not serve it yet",
+                        old=container.image_id,
+                        new=image.id,
+                        timings={"pulled": elapsed(), "finished": elapsed()},
+                        retryable=True,
+                    )
+                )
+            elif image.id == container.image_id:
+                outcome.rows.append(
+                    _row(
+                        container,
                         UpdateState.UNCHANGED,
                         "the pulled image is the one running",
                         old=image.id,
@@ -237,68 +316,222 @@ class Updater:
                     )
                 )
             else:
-                changed.append((member, image))
-        if not changed:
-            return
-        pulled_at = elapsed()
+                changed.append((container, image))
+        if changed:
+            self._restart_units(reference, changed, elapsed, outcome)
 
-        log.info("restarting %s on the new image", unit, extra={"unit": unit})
-        problem = self._restart_and_verify(unit, {m.container.name: new.id for m, new in changed})
-        if problem is None:
-            log.info(
-                "%s is active on %s",
-                unit,
-                ", ".join(sorted({n.id[:12] for _, n in changed})),
-                extra={"unit": unit},
-            )
-            done = elapsed()
-            for member, new in changed:
+    def _converge_local(
+        self, image_reference: str, members: list[Container], started: float, outcome: UpdateOutcome
+    ) -> None:
+        def elapsed() -> float:
+            return round(time.monotonic() - started, 3)
+
+        try:
+            newest = self.runtime.get_image(image_reference)
+        except ContainerRuntimeError as error:
+            for container in members:
+                outcome.rows.append(_row(container, UpdateState.FAILED, str(error), retryable=True))
+            return
+        changed = []
+        for container in members:
+            if newest.id == container.image_id:
                 outcome.rows.append(
                     _row(
-                        member.container,
-                        member.ref,
-                        UpdateState.UPDATED,
-                        f"restarted {unit} on the new image",
-                        old=member.container.image_id,
-                        new=new.id,
-                        timings={"pulled": pulled_at, "active": done, "finished": done},
+                        container,
+                        UpdateState.UNCHANGED,
+                        "runs the newest local image",
+                        old=container.image_id,
+                        new=container.image_id,
                     )
                 )
-            return
-
-        log.warning("%s failed on the new image: %s", unit, problem, extra={"unit": unit})
-        state, reason = UpdateState.FAILED, f"{problem}; rollback is off"
-        if self.options.rollback:
-            state, reason = self._roll_back(unit, changed, problem)
-        for member, new in changed:
-            outcome.rows.append(
-                _row(
-                    member.container,
-                    member.ref,
-                    state,
-                    reason,
-                    old=member.container.image_id,
-                    new=new.id,
-                    timings={"pulled": pulled_at, "finished": elapsed()},
+            elif self.options.dry_run:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        UpdateState.PENDING,
+                        f"dry run: local image {newest.id[:12]} is newer; would restart "
+                        f"{container.unit}",
+                        old=container.image_id,
+                    )
                 )
+            else:
+                changed.append((container, newest))
+        if changed:
+            self._restart_units(image_reference, changed, elapsed, outcome)
+
+    def _runs_digest(self, container: Container, digest: str) -> bool:
+        try:
+            current = self.runtime.get_image(container.image_id)
+        except ContainerRuntimeError:
+            return False  # the pull will tell
+        return current.has_digest(parse_reference(container.image_reference).name, digest)
+
+    # ---------------------------------------------------------------- act and verify
+
+    def _restart_units(
+        self,
+        reference: str,
+        changed: list[tuple[Container, Image]],
+        elapsed: Callable[[], float],
+        outcome: UpdateOutcome,
+    ) -> None:
+        """Restart each unit of the changed containers once, in order; when one fails on the
+        new image, roll back every unit of the reference restarted so far, together."""
+        pulled_at = elapsed()
+        by_unit: dict[str, list[tuple[Container, Image]]] = defaultdict(list)
+        for container, image in changed:
+            assert container.unit is not None
+            by_unit[container.unit].append((container, image))
+        done: list[str] = []
+        already: list[str] = []
+        for index, unit in enumerate(sorted(by_unit)):
+            pairs = by_unit[unit]
+            expected = {c.name: image.id for c, image in pairs}
+            try:
+                with self.locks.hold(unit):
+                    # Another worker (a reconcile) may have updated the unit while this one
+                    # waited for the lock: decide on its containers as they are now.
+                    running = self._running_images(unit) or {}
+                    if all(running.get(name) == image_id for name, image_id in expected.items()):
+                        already.append(unit)
+                        continue
+                    log.info("restarting %s on the new image", unit, extra={"unit": unit})
+                    problem = self._restart_and_verify(unit, expected)
+            except (LockTimeoutError, ContainerRuntimeError) as error:
+                # Raised before any restart: nothing changed, another attempt may succeed.
+                for container, image in pairs:
+                    outcome.rows.append(
+                        _row(
+                            container,
+                            UpdateState.FAILED,
+                            str(error),
+                            old=container.image_id,
+                            new=image.id,
+                            retryable=True,
+                        )
+                    )
+                continue
+            if problem is None:
+                log.info("%s is active on the new image", unit, extra={"unit": unit})
+                done.append(unit)
+                continue
+            log.warning("%s failed on the new image: %s", unit, problem, extra={"unit": unit})
+            self._fail_reference(
+                reference,
+                by_unit,
+                done,
+                unit,
+                problem,
+                sorted(by_unit)[index + 1 :],
+                pulled_at,
+                elapsed,
+                outcome,
             )
+            return
+        finished = elapsed()
+        for unit in already:
+            for container, image in by_unit[unit]:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        UpdateState.UNCHANGED,
+                        f"{unit} already runs the new image",
+                        old=image.id,
+                        new=image.id,
+                        timings={"finished": finished},
+                    )
+                )
+        for unit in done:
+            for container, image in by_unit[unit]:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        UpdateState.UPDATED,
+                        f"restarted {unit} on the new image",
+                        old=container.image_id,
+                        new=image.id,
+                        timings={"pulled": pulled_at, "active": finished, "finished": finished},
+                    )
+                )
+
+    def _fail_reference(
+        self,
+        reference: str,
+        by_unit: dict[str, list[tuple[Container, Image]]],
+        done: list[str],
+        failed_unit: str,
+        problem: str,
+        untouched: list[str],
+        pulled_at: float,
+        elapsed: Callable[[], float],
+        outcome: UpdateOutcome,
+    ) -> None:
+        """One unit failed on the new image: put the reference's tags back on the old images
+        and restart the failed unit and those already updated, or report why that failed."""
+        restarted = [*done, failed_unit]
+        if not self.options.rollback:
+            states = {u: (UpdateState.FAILED, f"{problem}; rollback is off") for u in [failed_unit]}
+            for unit in done:
+                states[unit] = (UpdateState.UPDATED, f"restarted {unit} on the new image")
+        else:
+            states = self._roll_back(reference, by_unit, restarted, failed_unit, problem)
+        for unit in restarted:
+            state, reason = states[unit]
+            for container, image in by_unit[unit]:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        state,
+                        reason,
+                        old=container.image_id,
+                        new=image.id,
+                        timings={"pulled": pulled_at, "finished": elapsed()},
+                    )
+                )
+        for unit in untouched:
+            for container, image in by_unit[unit]:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        UpdateState.FAILED,
+                        f"not restarted: {failed_unit} failed on the same new image ({problem})",
+                        old=container.image_id,
+                        new=image.id,
+                        timings={"finished": elapsed()},
+                    )
+                )
 
     def _roll_back(
-        self, unit: str, changed: list[tuple[_Member, Image]], problem: str
-    ) -> tuple[UpdateState, str]:
-        """Tag the previous images back onto the references and restart the unit once more."""
+        self,
+        reference: str,
+        by_unit: dict[str, list[tuple[Container, Image]]],
+        restarted: list[str],
+        failed_unit: str,
+        problem: str,
+    ) -> dict[str, tuple[UpdateState, str]]:
+        previous = {c.image_reference: c.image_id for pairs in by_unit.values() for c, _ in pairs}
         try:
-            for member, _new in changed:
-                self.runtime.tag(member.container.image_id, member.container.image_reference)
+            for image_reference, image_id in sorted(previous.items()):
+                self.runtime.tag(image_id, image_reference)
         except ContainerRuntimeError as error:
-            return UpdateState.FAILED, f"{problem}; rollback failed: {error}"
-        second = self._restart_and_verify(
-            unit, {m.container.name: m.container.image_id for m, _ in changed}
-        )
-        if second is None:
-            log.warning("%s rolled back to the previous image", unit, extra={"unit": unit})
-            return UpdateState.ROLLED_BACK, f"{problem}; rolled back to the previous image"
-        return UpdateState.FAILED, f"{problem}; rollback failed: {second}"
+            reason = f"{problem}; rollback failed: {error}"
+            return {unit: (UpdateState.FAILED, reason) for unit in restarted}
+        states: dict[str, tuple[UpdateState, str]] = {}
+        for unit in restarted:
+            with self.locks.hold(unit):
+                second = self._restart_and_verify(
+                    unit, {c.name: c.image_id for c, _ in by_unit[unit]}
+                )
+            cause = problem if unit == failed_unit else f"{failed_unit} failed: {problem}"
+            if second is None:
+                log.warning("%s rolled back to the previous image", unit, extra={"unit": unit})
+                states[unit] = (
+                    UpdateState.ROLLED_BACK,
+                    f"{cause}; rolled back to the previous image",
+                )
+            else:
+                states[unit] = (UpdateState.FAILED, f"{cause}; rollback failed: {second}")
+        return states
 
     def _restart_and_verify(self, unit: str, expected_images: dict[str, str]) -> str | None:
         """Restart the unit and check it stays up on the expected images.
@@ -359,13 +592,13 @@ class Updater:
 
 def _row(
     container: Container,
-    ref: ImageRef,
     state: UpdateState,
     reason: str,
     *,
     old: str | None = None,
     new: str | None = None,
     timings: dict[str, float] | None = None,
+    retryable: bool = False,
 ) -> ContainerReport:
     return ContainerReport(
         container_id=container.id,
@@ -375,7 +608,8 @@ def _row(
         policy=container.policy,
         state=state,
         reason=reason,
-        old_image=old,
+        old_image=old if old is not None else (container.image_id or None),
         new_image=new,
         timings=timings or {},
+        retryable=retryable,
     )

@@ -1,67 +1,191 @@
-"""Run RQ workers for this host's queue, registering the host in the fleet as they beat."""
+"""Run RQ workers for this host's queue: the host agent. It registers the host as it beats,
+publishes what the host runs (on a timer and as Podman reports changes), reconciles when it
+starts and every ``reconcile_interval`` seconds, and asks for convergence when a container of
+a pushed reference starts on another image.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import random
 import signal
+import threading
 from typing import Any
 
+from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from workers.inventory import collect_inventory, publish_inventory
+from workers.desired import get_desired
+from workers.hosts import register_host
+from workers.inventory import collect_inventory, publish_inventory, routed_reference
 from workers.logs import setup_logging
-from workers.podman_runtime import PodmanRuntime
-from workers.queueing import get_queue, redis_from_settings, register_host
+from workers.podman_events import ContainerEvent, follow_container_events
+from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
+from workers.queueing import (
+    JobOptions,
+    get_queue,
+    is_work_running,
+    redis_from_settings,
+    request_convergence,
+    request_reconcile,
+)
+from workers.reference import parse_reference
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.worker")
 
 # The worker's heartbeat, and so the host's, comes about every WORKER_TTL - 15 seconds.
 WORKER_TTL = 60
+RECONCILE_TIMER_KEY = "podhook:reconcile-timer:{host}"
+# The periodic reconcile of the hosts of a fleet should not hit a registry all at once.
+RECONCILE_JITTER = 0.1
+
+
+def reconcile_due(redis: Redis, host: str, interval: float) -> bool:
+    """Whether this host's periodic reconcile is due now; if so, the next one is timed.
+
+    Shared by every worker process of the host through Redis, so one of them queues it.
+    """
+    if interval <= 0:
+        return False
+    seconds = max(1, round(interval * random.uniform(1 - RECONCILE_JITTER, 1 + RECONCILE_JITTER)))
+    return bool(redis.set(RECONCILE_TIMER_KEY.format(host=host), 1, nx=True, ex=seconds))
 
 
 class HostWorker(Worker):
-    """An RQ worker whose heartbeat also tells the fleet that its host is alive."""
+    """An RQ worker whose heartbeat also tells the fleet that its host is alive, publishes its
+    inventory and queues the periodic reconcile when it is due."""
 
-    def __init__(self, *args: Any, host_id: str, podman_url: str | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any):
+        # RQ reads dequeue_timeout (below) while it initializes.
+        self.settings = settings
+        self.host_id = settings.host_id
         super().__init__(*args, **kwargs)
-        self.host_id = host_id
-        self.podman_url = podman_url
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Wait for jobs no longer than a heartbeat, nor than half the reconcile interval."""
+        base = max(1, self.worker_ttl - 15)
+        interval = self.settings.reconcile_interval
+        return min(base, max(1, interval // 2)) if interval > 0 else base
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """RQ's heartbeat, plus the host's entry in the fleet and its container inventory."""
+        """RQ's heartbeat, plus the host's entry in the fleet, its inventory, and the
+        periodic reconcile when due."""
         super().heartbeat(timeout, pipeline)
         register_host(self.connection, self.host_id)
-        if self.podman_url and self.get_state() != "busy":
-            runtime = PodmanRuntime(self.podman_url, timeout=10)
-            try:
-                publish_inventory(self.connection, self.host_id, collect_inventory(runtime))
-            finally:
-                runtime.close()
+        if self.get_state() == "busy":
+            return
+        refresh_inventory(self.connection, self.settings)
+        if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
+            request_reconcile(
+                self.connection, self.host_id, JobOptions.from_settings(self.settings)
+            )
+
+
+def refresh_inventory(redis: Redis, settings: Settings) -> None:
+    """Collect this host's labeled containers from Podman and publish them."""
+    runtime = PodmanRuntime(settings.podman_url, timeout=10)
+    try:
+        inventory = collect_inventory(runtime, settings.registry_aliases)
+    finally:
+        runtime.close()
+    publish_inventory(redis, settings.host_id, inventory)
+
+
+class InventoryWatcher:
+    """Follows Podman's container events in a daemon thread of the worker process: publishes
+    the inventory when labeled containers come and go, and when one starts on an image that is
+    not what its pushed reference names, asks this host to converge on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis_from_settings(settings)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="podman-events", daemon=True)
+
+    def start(self) -> None:
+        """Start following events."""
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop following events (within a few seconds)."""
+        self.stop.set()
+
+    def _run(self) -> None:
+        follow_container_events(self.settings.podman_url, self.on_event, self.stop)
+
+    def on_event(self, event: ContainerEvent) -> None:
+        """Publish the inventory; converge a started container whose reference was pushed
+        to a digest its image does not have."""
+        refresh_inventory(self.redis, self.settings)
+        if event.action != "start":
+            return
+        reference = routed_reference(event.image, self.settings.registry_aliases)
+        desired = get_desired(self.redis, reference) if reference else None
+        if reference is None or desired is None:
+            return
+        if is_work_running(self.redis, self.settings.host_id, reference):
+            return  # the job converging it restarts its units: their starts are its own
+        if desired.digest and self._runs(event, desired.digest):
+            return
+        queued = request_convergence(
+            self.redis, self.settings.host_id, reference, JobOptions.from_settings(self.settings)
+        )
+        log.info(
+            "container %s started on an image that may not be what %s names: job %s",
+            event.name,
+            reference,
+            queued.job_id,
+        )
+
+    def _runs(self, event: ContainerEvent, digest: str) -> bool:
+        runtime = PodmanRuntime(self.settings.podman_url, timeout=10)
+        try:
+            for container in runtime.list_autoupdate_containers():
+                if container.id == event.container_id:
+                    image = runtime.get_image(container.image_id)
+                    return image.has_digest(parse_reference(event.image).name, digest)
+        except ContainerRuntimeError:
+            return False
+        finally:
+            runtime.close()
+        return False
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     """Work this host's queue until stopped (or, with ``burst``, until it is empty).
 
-    Registers the host first, so pushes queued from now on reach it. Returns whether any job
-    was worked. Raises redis.RedisError when Redis is unreachable.
+    Registers the host and queues a reconcile of every labeled container at the front of its
+    queue first: a host that comes back converges before taking new work. Returns whether any
+    job was worked. Raises redis.RedisError when Redis is unreachable.
     """
     setup_logging(settings)  # pool workers are fresh (spawned) processes
     redis = redis_from_settings(settings)
     register_host(redis, settings.host_id)
+    options = JobOptions.from_settings(settings)
+    if settings.reconcile_interval > 0 and not burst:
+        reconcile_due(redis, settings.host_id, settings.reconcile_interval)  # times the next
+        request_reconcile(redis, settings.host_id, options, at_front=True)
     worker = HostWorker(
         [get_queue(redis, settings.host_id)],
         connection=redis,
         serializer=JSONSerializer,
-        host_id=settings.host_id,
-        podman_url=settings.podman_url,
+        settings=settings,
         worker_ttl=WORKER_TTL,
     )
+    watcher = InventoryWatcher(settings) if not burst else None
+    if watcher is not None:
+        watcher.start()
     log.info("worker for host=%s on queue %s", settings.host_id, worker.queue_names()[0])
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    try:
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    finally:
+        if watcher is not None:
+            watcher.close()
 
 
 def run_pool(settings: Settings, processes: int, *, burst: bool = False) -> None:

@@ -42,15 +42,17 @@ def _save(report: dict[str, Any]) -> None:
     audit.record(job.connection, "outcome", report, retention_seconds=3600)
 
 
-def finish_updated(event: dict[str, Any]) -> dict[str, Any]:
+def finish_updated(host: str, reference: str) -> dict[str, Any]:
     """Finish like a job that updated one container."""
+    event = get_current_job().meta["event"]
     report = _report(event, "updated", "restarted container-web.service on the new image")
     _save(report)
     return report
 
 
-def fail_rolled_back(event: dict[str, Any]) -> None:
+def fail_rolled_back(host: str, reference: str) -> None:
     """Fail like a job whose new image did not come up."""
+    event = get_current_job().meta["event"]
     _save(_report(event, "rolled_back", "unit is failed; rolled back"))
     get_current_job().retries_left = 0
     raise RuntimeError("web: rolled_back: restarting 'container-web.service': unit is failed")

@@ -20,8 +20,9 @@ from webhook.app import create_app
 from workers import audit
 from workers.events import PushEvent
 from workers.fleet import describe_fleet, describe_hosts, list_updates
+from workers.hosts import register_host
 from workers.inventory import publish_inventory
-from workers.queueing import get_queue, register_host
+from workers.queueing import get_queue
 from workers.report import FAILURE_STATES, ContainerReport, UpdateState, summarize
 
 ADMIN = "admin-token-for-tests"
@@ -41,12 +42,12 @@ SCRIPT = {
 }
 
 
-def fake_apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
-    """Stands in for workers.jobs.apply_push: the same report, in job meta and the audit trail,
+def fake_converge(host: str, reference: str) -> dict[str, Any]:
+    """Stands in for workers.jobs.converge: the same report, in job meta and the audit trail,
     with a scripted container row instead of Podman and systemd."""
     job = get_current_job()
     assert job is not None
-    event = PushEvent.from_dict(event_data)
+    event = PushEvent.from_dict(job.meta["event"])
     state, reason = SCRIPT[event.tag]
     started = time.time()
     row = ContainerReport(
@@ -62,7 +63,9 @@ def fake_apply_push(event_data: dict[str, Any]) -> dict[str, Any]:
         timings={"pulled": 0.5, "restarted": 1.0, "finished": 1.5},
     )
     report = {
-        "host": job.meta["host"],
+        "host": host,
+        "kind": "converge",
+        "reference": reference,
         "event": event.to_dict(),
         "started_at": started,
         "finished_at": time.time(),
@@ -145,8 +148,8 @@ def seed(client: Any, redis: Redis) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def stand_in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    # SimpleWorker runs jobs in this process and resolves "workers.jobs.apply_push" by import.
-    monkeypatch.setattr(workers.jobs, "apply_push", fake_apply_push)
+    # SimpleWorker runs jobs in this process and resolves "workers.jobs.converge" by import.
+    monkeypatch.setattr(workers.jobs, "converge", fake_converge)
 
 
 @pytest.fixture

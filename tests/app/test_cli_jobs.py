@@ -12,7 +12,9 @@ from rq.serializers import JSONSerializer
 
 from webhook.cli import main, parse_since
 from workers.events import make_event
-from workers.queueing import enqueue_push, get_queue, register_host
+from workers.hosts import register_host
+from workers.queueing import JobOptions, get_queue
+from workers.routing import dispatch_push
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -30,7 +32,7 @@ def cli(redis_url, monkeypatch):
 def queue_push(redis, repository: str, function: str | None = None) -> str:
     """Queue a push as the app does; optionally point the job at a test function."""
     event = make_event("registry.example.com", repository, "1", DIGEST, source="test")
-    [queued] = enqueue_push(redis, event, retries=0)
+    [queued] = dispatch_push(redis, event, JobOptions(retries=0))
     if function:
         job = get_queue(redis, queued.host).fetch_job(queued.job_id)
         assert job.args  # loads the stored call before it is rewritten

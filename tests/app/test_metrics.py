@@ -23,7 +23,8 @@ from tests.app.test_webhook_app import (
 from tests.conftest import free_port
 from webhook.app import create_app
 from workers import metrics
-from workers.queueing import get_queue, register_host
+from workers.hosts import register_host
+from workers.queueing import get_queue
 from workers.report import ContainerReport, UpdateState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,8 @@ def test_every_answer_of_the_webhook_route_is_counted(client, redis, monkeypatch
     assert post(client, envelope(manifest_push())).status_code == 503
     register_host(redis, "host-a", now=1_800_000_000.0)
     assert post(client, envelope(manifest_push(), blob_push())).status_code == 202
-    assert post(client, envelope(manifest_push())).status_code == 200  # same job: duplicate
+    # The same push again joins the job that waits: accepted, no new job.
+    assert post(client, envelope(manifest_push())).status_code == 202
     assert post(client, envelope(blob_push(), blob_push())).status_code == 200  # ignored
     assert post(client, envelope(manifest_push()), token="wrong").status_code == 401
     assert post(client, envelope(manifest_push()), token=None).status_code == 401
@@ -106,14 +108,13 @@ def test_every_answer_of_the_webhook_route_is_counted(client, redis, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("webhook.routes.enqueue_push", broken)
+    monkeypatch.setattr("webhook.routes.dispatch_push", broken)
     other = manifest_push(digest="sha256:" + "d" * 64)
     assert post(client, envelope(other)).status_code == 500
 
     samples = scrape(client)
     assert nonzero(samples, "podhook_deliveries_total") == {
-        (("outcome", "queued"), ("source", "distribution")): 1,
-        (("outcome", "duplicate"), ("source", "distribution")): 1,
+        (("outcome", "queued"), ("source", "distribution")): 2,
         (("outcome", "ignored"), ("source", "distribution")): 1,
         (("outcome", "refused_auth"), ("source", "distribution")): 2,
         (("outcome", "bad_payload"), ("source", "distribution")): 1,
@@ -128,7 +129,7 @@ def test_every_answer_of_the_webhook_route_is_counted(client, redis, monkeypatch
     # Every outcome of a source that has had deliveries is there, at zero if need be.
     assert value(samples, "podhook_deliveries_total", source="acr", outcome="bad_payload") == 0
     assert nonzero(samples, "podhook_events_queued_total") == {
-        (("source", "distribution"),): 1,
+        (("source", "distribution"),): 2,
         (("source", "acr"),): 1,
     }
     assert nonzero(samples, "podhook_events_ignored_total") == {(("source", "distribution"),): 3}
@@ -319,8 +320,9 @@ def test_counts_from_several_processes_and_hosts_add_up(client, redis, redis_url
         samples, "podhook_deliveries_total", source="distribution", outcome="bad_payload"
     ) == (total)
     assert value(samples, "podhook_events_queued_total", source="distribution") == total
-    assert value(samples, "podhook_jobs_queued_total", host="host-a") == total
-    assert value(samples, "podhook_queue_depth", host="host-a") == total
+    # One reference pushed 30 times: one job per (host, reference), which every push joins.
+    assert value(samples, "podhook_jobs_queued_total", host="host-a") == 1
+    assert value(samples, "podhook_queue_depth", host="host-a") == 1
     for host in ("remote-1", "remote-2"):
         assert value(samples, "podhook_updates_total", host=host, state="updated") == per_process
         assert (

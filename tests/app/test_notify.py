@@ -259,7 +259,7 @@ def test_a_host_whose_podman_does_not_answer_is_recorded_and_told(
     receiver, redis, redis_url, monkeypatch, tmp_path
 ):
     from workers import audit
-    from workers.jobs import TransientUpdateError, apply_push
+    from workers.jobs import TransientUpdateError, converge
 
     monkeypatch.setenv("PODHOOK_REDIS_URL", redis_url)
     monkeypatch.setenv("PODHOOK_HOST_ID", "web-9")
@@ -267,17 +267,11 @@ def test_a_host_whose_podman_does_not_answer_is_recorded_and_told(
     monkeypatch.setenv("PODHOOK_SYSTEMD_BUS", "user")
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/absent-bus")
     monkeypatch.setenv("PODHOOK_NOTIFY_URLS", f"json://127.0.0.1:{receiver.port}/")
-    event = {
-        "registry": "registry.example.com",
-        "repository": "team/app",
-        "tag": "1.2",
-        "digest": DIGEST,
-    }
     with pytest.raises(TransientUpdateError):
-        apply_push(event)
+        converge("web-9", "registry.example.com/team/app:1.2")
     [outcome] = audit.read(redis, kind="outcome")
     assert outcome.data["host"] == "web-9" and outcome.data["containers"] == []
     assert "connecting to the systemd user bus" in outcome.data["error"]
     [message] = receiver.json_payloads()
     assert "registry.example.com/team/app:1.2 on web-9: failed" in message["title"]
-    assert "cannot apply the push" in message["message"]
+    assert "cannot reach Podman or systemd" in message["message"]

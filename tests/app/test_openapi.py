@@ -15,10 +15,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 import workers.jobs
-from tests.app.test_api import ADMIN, AUTH, WEBHOOK, fake_apply_push, seed
+from tests.app.test_api import ADMIN, AUTH, WEBHOOK, fake_converge, seed
 from webhook.app import create_app
+from workers.hosts import register_host
 from workers.inventory import publish_inventory
-from workers.queueing import register_host
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "webhook" / "openapi.yaml"
 SPEC_URI = "urn:podhook:openapi"
@@ -129,7 +129,7 @@ def schema_validator(spec: dict[str, Any], path: str, method: str, status: str) 
 def test_real_answers_match_their_schemas(
     spec, redis_url, redis, monkeypatch, url, path, method, status
 ):
-    monkeypatch.setattr(workers.jobs, "apply_push", fake_apply_push)
+    monkeypatch.setattr(workers.jobs, "converge", fake_converge)
     register_host(redis, "host-a")
     register_host(redis, "host-b")
     publish_inventory(

@@ -1,92 +1,169 @@
-"""Queuing for the fleet on a real Redis: one job per host, stable ids, digest-less windows."""
+"""Routing and convergence work on a real Redis: which hosts a push reaches, one job per host
+and reference that hints join, the desired state a job reads, hosts forgotten for good."""
+
+import time
 
 import pytest
 from rq.job import JobStatus
 
+from workers.desired import get_desired
 from workers.events import make_event
+from workers.hosts import forget_host, get_hosts, register_host
+from workers.inventory import get_inventory, publish_inventory
 from workers.queueing import (
+    JobOptions,
     NoHostsError,
-    enqueue_push,
-    forget_host,
-    get_hosts,
+    finish_work,
     get_queue,
     is_delivery_seen,
-    job_id_for,
-    register_host,
     remember_delivery,
+    start_work,
+    work_key,
 )
+from workers.routing import dispatch_push, route_push
 
-DIGEST = "sha256:" + "e" * 64
+REGISTRY = "registry.example.com"
+REFERENCE = f"{REGISTRY}/team/app:1"
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
-def event(digest=DIGEST, tag="1"):
-    return make_event("registry.example.com", "team/app", tag, digest, source="test")
+def event(digest=D1, tag="1", source="test"):
+    return make_event(REGISTRY, "team/app", tag, digest, source=source)
 
 
-def test_hosts_register_with_heartbeat_and_can_be_forgotten(redis):
+def runs(redis, host, *references, now=None):
+    """Publish an inventory for ``host`` whose containers run ``references``."""
+    containers = [
+        {"name": f"c{i}", "image": ref, "reference": ref, "image_id": "x", "unit": "u.service"}
+        for i, ref in enumerate(references)
+    ]
+    publish_inventory(
+        redis, host, {"collected_at": time.time() if now is None else now, "containers": containers}
+    )
+
+
+def test_hosts_register_with_heartbeat(redis):
     register_host(redis, "a", now=100.0)
     register_host(redis, "b", now=200.0)
     register_host(redis, "a", now=300.0)
     assert get_hosts(redis) == {"a": 300.0, "b": 200.0}
-    assert forget_host(redis, "a") and not forget_host(redis, "a")
-    assert get_hosts(redis) == {"b": 200.0}
 
 
-def test_no_hosts_raises(redis):
+def test_no_hosts_raises_and_records_nothing(redis):
     with pytest.raises(NoHostsError):
-        enqueue_push(redis, event())
+        dispatch_push(redis, event())
+    assert get_desired(redis, REFERENCE) is None
 
 
-def test_job_ids_are_stable_per_host_reference_and_digest():
-    assert job_id_for("a", event()) == job_id_for("a", event())
-    assert job_id_for("a", event()) != job_id_for("b", event())
-    assert job_id_for("a", event()) != job_id_for("a", event(tag="2"))
-    assert job_id_for("a", event()) != job_id_for("a", event(digest="sha256:" + "f" * 64))
+def test_a_push_reaches_the_hosts_that_run_it_and_those_of_unknown_inventory(redis):
+    for host in ("runs-it", "runs-other", "unknown", "old-inventory", "stale"):
+        register_host(redis, host)
+    runs(redis, "runs-it", REFERENCE)
+    runs(redis, "runs-other", f"{REGISTRY}/team/other:1")
+    runs(redis, "old-inventory", f"{REGISTRY}/team/other:1", now=time.time() - 600)
+    runs(redis, "stale", REFERENCE)
+    register_host(redis, "stale", now=time.time() - 1000)
+    routed = route_push(redis, REFERENCE, stale_after=150, inventory_max_age=120)
+    assert routed == ["old-inventory", "runs-it", "unknown"]
+    queued = dispatch_push(redis, event())
+    assert sorted(job.host for job in queued) == routed
+    assert len(get_queue(redis, "runs-other")) == 0 and len(get_queue(redis, "stale")) == 0
 
 
-def test_same_digest_twice_is_one_job_per_host(redis):
+def test_an_inventory_that_drops_a_reference_stops_its_pushes(redis):
     register_host(redis, "a")
+    runs(redis, "a", REFERENCE)
+    assert route_push(redis, REFERENCE, stale_after=150, inventory_max_age=120) == ["a"]
+    runs(redis, "a")
+    assert route_push(redis, REFERENCE, stale_after=150, inventory_max_age=120) == []
     register_host(redis, "b")
-    first = enqueue_push(redis, event())
-    second = enqueue_push(redis, event())
-    assert [j.duplicate for j in first] == [False, False]
-    assert [j.duplicate for j in second] == [True, True]
-    assert len(get_queue(redis, "a")) == 1 and len(get_queue(redis, "b")) == 1
+    assert [job.host for job in dispatch_push(redis, event())] == ["b"]  # b: not known yet
+    assert get_desired(redis, REFERENCE).digest == D1  # recorded even where no host runs it
 
 
-def test_job_carries_event_json_retries_and_result_ttl(redis):
+def test_one_of_a_thousand_hosts_runs_the_image_one_job_is_queued(redis):
+    pipe = redis.pipeline(transaction=False)
+    for index in range(1000):
+        pipe.zadd("podhook:hosts", {f"h{index}": time.time()})
+    pipe.execute()
+    for index in range(1000):
+        runs(redis, f"h{index}", f"{REGISTRY}/team/app-{index}:1")
+    runs(redis, "h7", REFERENCE)
+    queued = dispatch_push(redis, event())
+    assert [(job.host, job.duplicate) for job in queued] == [("h7", False)]
+
+
+def test_pushes_join_the_waiting_job_and_the_desired_state_is_the_last(redis):
     register_host(redis, "a")
-    [queued] = enqueue_push(redis, event(), retries=2, result_ttl=1234)
+    [first] = dispatch_push(redis, event(D1))
+    [second] = dispatch_push(redis, event(None, source="dockerhub"))  # digest-less source
+    [third] = dispatch_push(redis, event(D1))  # back to D1: not a duplicate to drop
+    assert not first.duplicate and second.duplicate and third.duplicate
+    assert first.job_id == second.job_id == third.job_id
+    assert get_queue(redis, "a").get_job_ids() == [first.job_id]
+    desired = get_desired(redis, REFERENCE)
+    assert (desired.digest, desired.generation) == (D1, 3)
+
+
+def test_the_job_carries_host_reference_retries_and_ttl(redis):
+    register_host(redis, "a")
+    [queued] = dispatch_push(redis, event(), JobOptions(retries=2, result_ttl=1234))
     job = get_queue(redis, "a").fetch_job(queued.job_id)
-    assert job.func_name == "workers.jobs.apply_push"
-    assert list(job.args) == [event().to_dict()]
+    assert job.func_name == "workers.jobs.converge"
+    assert list(job.args) == ["a", REFERENCE]
     assert job.retries_left == 2 and job.result_ttl == 1234
-    assert job.meta["host"] == "a"
+    assert job.meta["host"] == "a" and job.meta["event"]["digest"] == D1
 
 
-def test_digestless_pushes_coalesce_into_one_delayed_job_while_it_waits(redis):
+def test_a_hint_for_a_running_job_makes_it_look_again_exactly_once(redis):
     register_host(redis, "a")
-    queue = get_queue(redis, "a")
-    first = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
-    again = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
-    assert not first[0].duplicate
-    assert again[0].duplicate and again[0].job_id == first[0].job_id
-    assert queue.scheduled_job_registry.get_job_ids() == [first[0].job_id]
-    assert len(queue) == 0  # nothing runs before the window closes
-
-    # Once the job has started, a later delivery may be a later push: it gets a job of its own.
-    job = queue.fetch_job(first[0].job_id)
-    job.set_status(JobStatus.STARTED)
-    later = enqueue_push(redis, event(digest=None), coalesce_seconds=10)
-    assert not later[0].duplicate and later[0].job_id != first[0].job_id
-    assert len(queue.scheduled_job_registry.get_job_ids()) == 2
+    [queued] = dispatch_push(redis, event(D1))
+    assert start_work(redis, "a", REFERENCE, queued.job_id, ttl=60)
+    [during] = dispatch_push(redis, event(D2))
+    assert during.duplicate and during.job_id == queued.job_id
+    assert len(get_queue(redis, "a")) == 1  # nothing new queued: the running job looks again
+    assert finish_work(redis, "a", REFERENCE, queued.job_id, retrying=False) is True
+    assert finish_work(redis, "a", REFERENCE, queued.job_id, retrying=False) is False
+    assert not redis.exists(work_key("a", REFERENCE))
+    [after] = dispatch_push(redis, event(D2))
+    assert not after.duplicate and after.job_id != queued.job_id
 
 
-def test_other_references_do_not_coalesce(redis):
+def test_a_job_waiting_for_its_retry_is_joined(redis):
     register_host(redis, "a")
-    one = enqueue_push(redis, event(digest=None, tag="1"))
-    two = enqueue_push(redis, event(digest=None, tag="2"))
-    assert not one[0].duplicate and not two[0].duplicate
+    [queued] = dispatch_push(redis, event(D1))
+    start_work(redis, "a", REFERENCE, queued.job_id, ttl=60)
+    assert finish_work(redis, "a", REFERENCE, queued.job_id, retrying=True) is False
+    [again] = dispatch_push(redis, event(D2))
+    assert again.duplicate and again.job_id == queued.job_id
+
+
+def test_twenty_pushes_in_a_second_make_at_most_two_runs(redis):
+    register_host(redis, "a")
+    digests = [f"sha256:{index:064x}" for index in range(20)]
+    [first] = dispatch_push(redis, event(digests[0]))
+    start_work(redis, "a", REFERENCE, first.job_id, ttl=60)
+    seen = [get_desired(redis, REFERENCE).digest]
+    for digest in digests[1:]:
+        assert dispatch_push(redis, event(digest))[0].job_id == first.job_id
+    runs_ = 1
+    while finish_work(redis, "a", REFERENCE, first.job_id, retrying=False):
+        runs_ += 1
+        seen.append(get_desired(redis, REFERENCE).digest)
+    assert runs_ == 2 and seen[-1] == digests[-1]
+
+
+def test_forgetting_a_host_removes_its_queue_jobs_inventory_and_work(redis):
+    register_host(redis, "gone")
+    runs(redis, "gone", REFERENCE)
+    [queued] = dispatch_push(redis, event())
+    assert forget_host(redis, "gone") and not forget_host(redis, "gone")
+    assert "gone" not in get_hosts(redis)
+    assert get_inventory(redis, "gone") is None
+    assert len(get_queue(redis, "gone")) == 0
+    assert get_queue(redis, "gone").fetch_job(queued.job_id) is None
+    assert not redis.exists(work_key("gone", REFERENCE))
+    assert not redis.exists(f"podhook:ref-hosts:{REFERENCE}")
 
 
 def test_delivery_ids_are_remembered_per_endpoint(redis):
@@ -97,31 +174,7 @@ def test_delivery_ids_are_remembered_per_endpoint(redis):
     assert 0 < redis.ttl("podhook:delivery:github:abc") <= 3 * 24 * 3600
 
 
-def test_a_tag_moved_back_to_an_older_digest_is_a_new_push(redis):
+def test_a_job_status_is_rqs(redis):
     register_host(redis, "a")
-    queue = get_queue(redis, "a")
-    digest_a, digest_b = DIGEST, "sha256:" + "b" * 64
-    [first] = enqueue_push(redis, event(digest=digest_a))
-    queue.fetch_job(first.job_id).set_status(JobStatus.FINISHED)
-    assert enqueue_push(redis, event(digest=digest_a))[0].duplicate  # the same push again
-    [second] = enqueue_push(redis, event(digest=digest_b))
-    queue.fetch_job(second.job_id).set_status(JobStatus.FINISHED)
-    [back] = enqueue_push(redis, event(digest=digest_a))
-    assert not back.duplicate and back.job_id not in (first.job_id, second.job_id)
-
-
-def test_a_push_whose_job_failed_can_be_queued_again(redis):
-    register_host(redis, "a")
-    queue = get_queue(redis, "a")
-    [first] = enqueue_push(redis, event())
-    queue.fetch_job(first.job_id).set_status(JobStatus.FAILED)
-    [again] = enqueue_push(redis, event())
-    assert not again.duplicate and again.job_id != first.job_id
-    assert again.job_id in queue.get_job_ids()
-
-
-def test_a_running_job_absorbs_repeats_of_its_push(redis):
-    register_host(redis, "a")
-    [first] = enqueue_push(redis, event())
-    get_queue(redis, "a").fetch_job(first.job_id).set_status(JobStatus.STARTED)
-    assert enqueue_push(redis, event())[0].duplicate
+    [queued] = dispatch_push(redis, event())
+    assert get_queue(redis, "a").fetch_job(queued.job_id).get_status() == JobStatus.QUEUED

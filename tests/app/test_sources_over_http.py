@@ -11,7 +11,8 @@ import pytest
 
 from tests.unit.test_source_github import tagged as github_tagged
 from webhook.app import create_app
-from workers.queueing import get_queue, register_host
+from workers.hosts import register_host
+from workers.queueing import get_queue
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
 SECRET = "per-endpoint-secret-31f"

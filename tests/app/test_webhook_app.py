@@ -11,7 +11,8 @@ from redis import Redis
 from tests.conftest import free_port
 from webhook.app import create_app
 from webhook.sources import source_names
-from workers.queueing import get_queue, register_host
+from workers.hosts import register_host
+from workers.queueing import get_queue
 
 TOKEN = "s3cret-token-for-tests"
 DIGEST = "sha256:" + "c" * 64
@@ -99,16 +100,15 @@ def test_manifest_push_queues_one_job_on_the_host_queue(client, redis, host):
     queue = get_queue(redis, host)
     assert queue.get_job_ids() == [job_id]
     job = queue.fetch_job(job_id)
-    assert job.args[0]["registry"] == "127.0.0.1:5000"
-    assert job.args[0]["repository"] == "team/app"
-    assert job.args[0]["tag"] == "1.2" and job.args[0]["digest"] == DIGEST
+    assert list(job.args) == [host, "127.0.0.1:5000/team/app:1.2"]
+    assert job.meta["event"]["digest"] == DIGEST
 
 
-def test_repeated_delivery_queues_no_second_job(client, redis, host):
+def test_repeated_delivery_joins_the_waiting_job(client, redis, host):
     first = post(client, envelope(manifest_push()))
     again = post(client, envelope(manifest_push()))
-    assert first.status_code == 202
-    assert again.status_code == 200 and again.json["queued"] == [] and again.json["duplicates"] == 1
+    assert first.status_code == 202 and again.status_code == 202
+    assert again.json["queued"] == first.json["queued"] and again.json["duplicates"] == 1
     assert len(get_queue(redis, host)) == 1
 
 
@@ -127,7 +127,7 @@ def test_registry_alias_renames_the_host(redis_url, redis, host):
     )
     response = post(app.test_client(), envelope(manifest_push()))
     job = get_queue(redis, host).fetch_job(response.json["queued"][0])
-    assert job.args[0]["registry"] == "registry.example.com"
+    assert job.args[1] == "registry.example.com/team/app:1.2"
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_one_bad_event_queues_none_of_the_delivery(client, redis, host):
 
 
 def test_body_over_the_limit_is_413(redis_url, redis, host):
-    app = create_app(redis_url=redis_url, webhook_token=TOKEN, max_body_bytes=1000)
+    app = create_app(redis_url=redis_url, webhook_token=TOKEN, max_body_bytes=1024)
     response = post(app.test_client(), b" " * 2000 + envelope(manifest_push()))
     assert response.status_code == 413 and response.is_json
     assert queued_jobs(redis) == []

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rq import Worker
 
-from workers.queueing import get_hosts, get_queue
+from workers.hosts import get_hosts
+from workers.queueing import get_queue
 
 
 def test_pool_starts_n_workers_and_stops_them_on_sigterm(redis, redis_url, tmp_path):

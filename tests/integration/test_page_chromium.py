@@ -27,10 +27,10 @@ from redis import Redis
 from werkzeug.serving import make_server
 
 import workers.jobs
-from tests.app.test_api import ADMIN, REASON_FAILED, WEBHOOK, fake_apply_push, seed, work
+from tests.app.test_api import ADMIN, REASON_FAILED, WEBHOOK, fake_converge, seed, work
 from webhook.app import create_app
+from workers.hosts import register_host
 from workers.inventory import publish_inventory
-from workers.queueing import register_host
 
 pytestmark = pytest.mark.integration
 
@@ -79,11 +79,14 @@ def page_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Red
 def seeded(page_redis: harness.RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The app with two hosts, host-a's inventory, pushes that ended updated, failed and
     rolled back, and one still queued."""
-    monkeypatch.setattr(workers.jobs, "apply_push", fake_apply_push)
+    monkeypatch.setattr(workers.jobs, "converge", fake_converge)
     page_redis.flush()
     redis = Redis.from_url(page_redis.url)
     register_host(redis, "host-a")
     register_host(redis, "host-b")
+    app = create_app(redis_url=page_redis.url, webhook_token=WEBHOOK, admin_token=ADMIN)
+    seed(app.test_client(), redis)
+    # Published after the pushes: both hosts' inventories were unknown, so every push reached both.
     publish_inventory(
         redis,
         "host-a",
@@ -109,8 +112,6 @@ def seeded(page_redis: harness.RedisServer, monkeypatch: pytest.MonkeyPatch) -> 
             ],
         },
     )
-    app = create_app(redis_url=page_redis.url, webhook_token=WEBHOOK, admin_token=ADMIN)
-    seed(app.test_client(), redis)
     yield app, redis
     redis.close()
 

@@ -20,8 +20,8 @@ from redis import Redis
 
 from workers import audit
 from workers.events import make_event
+from workers.hosts import forget_host, get_hosts
 from workers.joblog import get_job
-from workers.queueing import forget_host, get_hosts, job_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,22 @@ class Podhook:
         self.url = f"http://127.0.0.1:{port}"
         self.redis = Redis.from_url(stack.env["PODHOOK_REDIS_URL"])
 
-    def job_for(self, pushed: Any) -> str:
+    def job_for(self, pushed: Any, timeout: float = 30.0) -> str:
+        """The job the registry's notification of ``pushed`` reached on this host (a new job,
+        or the waiting one it joined), from the audit trail of deliveries."""
         event = make_event(self.stack.registry.host, pushed.repository, pushed.tag, pushed.digest)
-        return job_id_for(HOST_ID, event)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.deliveries():
+                for job in entry.data.get("jobs", []):
+                    if (job.get("host"), job.get("reference"), job.get("digest")) == (
+                        HOST_ID,
+                        event.reference,
+                        event.digest,
+                    ):
+                        return str(job["job"])
+            time.sleep(0.1)
+        pytest.fail(f"no delivery of {event.reference}@{event.digest} reached {HOST_ID}")
 
     def wait_job(self, job_id: str, timeout: float = 90.0) -> Any:
         """Wait for a job to finish or fail (retries of a failed job are off in these tests)."""
@@ -142,7 +155,8 @@ def test_push_restarts_the_unit_on_the_new_image(stack, podhook, units):
     assert stack.podman("exec", "web", "cat", "/version").strip() == "web-v2"
     print(f"\npush-to-restart: {elapsed:.2f}s from skopeo copy to the unit active on v2")
 
-    # The same digest pushed again: a delivery arrives, but no job and no restart.
+    # The same digest pushed again: the host looks, finds it runs that digest, and neither
+    # pulls nor restarts.
     invocation = stack.systemd.invocation_id(unit)
     seen = len(podhook.deliveries())
     stack.push_image("localhost/e2e/web:1.0", "e2e/web", "1.0")
@@ -150,9 +164,12 @@ def test_push_restarts_the_unit_on_the_new_image(stack, podhook, units):
     while len(podhook.deliveries()) == seen and time.monotonic() < deadline:
         time.sleep(0.1)
     [again] = podhook.deliveries()[: len(podhook.deliveries()) - seen]
-    assert [job["duplicate"] for job in again.data["jobs"]] == [True]
-    assert again.data["jobs"][0]["job"] == record.id
-    time.sleep(1)
+    [job] = again.data["jobs"]
+    repeat = podhook.wait_job(job["job"])
+    assert repeat.state == "finished", repeat.error
+    [row] = repeat.report["containers"]
+    assert (row["state"], row["reason"]) == ("unchanged", f"already runs {v2.digest}")
+    assert "pulled" not in row["timings"]
     assert stack.systemd.invocation_id(unit) == invocation
 
 
@@ -164,7 +181,7 @@ def test_image_that_does_not_come_up_is_rolled_back(stack, podhook, units):
     v3 = stack.build_and_push("e2e/roll", "2", marker="roll-v3", command=EXITS_AT_ONCE)
     record = podhook.wait_job(podhook.job_for(v3))
 
-    assert record.state == "failed"
+    assert record.state == "failed", record.report["containers"]
     [row] = record.report["containers"]
     assert row["state"] == "rolled_back", row["reason"]
     assert row["unit"] == unit and row["old_image"] == v1_image
@@ -173,7 +190,9 @@ def test_image_that_does_not_come_up_is_rolled_back(stack, podhook, units):
     assert stack.podman("exec", "roll", "cat", "/version").strip() == "roll-v1"
 
 
-def test_unlabeled_and_unit_less_containers_are_left_alone(stack, podhook, units):
+def test_unlabeled_containers_are_left_alone_and_unit_less_ones_fail_loudly(
+    stack, podhook, units
+):
     v1 = stack.build_and_push("e2e/shared", "3", marker="shared-v1")
     units.container("plain", v1.ref, autoupdate=None)
     plain_image = stack.container_image("plain")
@@ -192,11 +211,12 @@ def test_unlabeled_and_unit_less_containers_are_left_alone(stack, podhook, units
     v2 = stack.build_and_push("e2e/shared", "3", marker="shared-v2")
     record = podhook.wait_job(podhook.job_for(v2))
 
-    assert record.state == "finished", record.error
+    # As `podman auto-update` does: a labeled container without its unit is an error.
+    assert record.state == "failed"
     rows = {row["container_name"]: row for row in record.report["containers"]}
     assert set(rows) == {"loose"}
-    assert rows["loose"]["state"] == "skipped"
-    assert "PODMAN_SYSTEMD_UNIT" in rows["loose"]["reason"]
+    assert rows["loose"]["state"] == "failed"
+    assert rows["loose"]["reason"].endswith("no PODMAN_SYSTEMD_UNIT label found")
     assert stack.container_image("plain") == plain_image
     assert stack.container_image("loose") == plain_image
 

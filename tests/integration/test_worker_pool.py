@@ -19,8 +19,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from workers.events import make_event
+from workers.hosts import forget_host, get_hosts
 from workers.joblog import get_job
-from workers.queueing import enqueue_push, forget_host, get_hosts, get_queue
+from workers.queueing import JobOptions, get_queue
+from workers.routing import dispatch_push
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +63,11 @@ def test_pool_serializes_restarts_of_one_unit(stack, pool, units):
     job_ids = []
     for image in pushed:
         event = make_event(stack.registry.host, image.repository, image.tag, image.digest)
-        job_ids += [q.job_id for q in enqueue_push(redis, event, retries=0) if q.host == HOST_ID]
+        job_ids += [
+            q.job_id
+            for q in dispatch_push(redis, event, JobOptions(retries=0))
+            if q.host == HOST_ID
+        ]
 
     deadline = time.monotonic() + 120
     records = []

@@ -18,6 +18,7 @@ import pytest
 from tests.app.test_webhook_app import TOKEN, envelope, manifest_push, post
 from tests.conftest import free_port
 from webhook.app import create_app
+from workers.hosts import register_host
 from workers.logs import (
     FIELDS,
     JsonFormatter,
@@ -26,7 +27,6 @@ from workers.logs import (
     log_context,
     setup_logging,
 )
-from workers.queueing import register_host
 from workers.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

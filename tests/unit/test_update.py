@@ -6,6 +6,7 @@ from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.events import make_event
 from workers.locks import LockTimeoutError
 from workers.report import UpdateState
+from workers.systemd_units import UnitState
 from workers.update import UpdateOptions, Updater
 
 REF = "registry.example.com/app:1.2"
@@ -76,7 +77,7 @@ def test_other_tags_registries_and_repositories_are_not_concerned(runtime):
     assert outcome.rows == [] and units.restarts == [] and runtime.pulls == []
 
 
-def test_containers_that_cannot_be_updated_are_skipped_with_the_reason(runtime):
+def test_containers_that_cannot_be_updated_fail_loudly_or_are_skipped(runtime):
     runtime.run("no-unit", REF, V1)
     runtime.run(
         "local", REF, V1, PODMAN_SYSTEMD_UNIT="l.service", **{"io.containers.autoupdate": "local"}
@@ -85,10 +86,15 @@ def test_containers_that_cannot_be_updated_are_skipped_with_the_reason(runtime):
     updater, units = make_updater(runtime)
     outcome = updater.apply(push())
     reasons = {row.container_name: (row.state, row.reason) for row in outcome.rows}
-    assert reasons["no-unit"][0] is UpdateState.SKIPPED
-    assert "PODMAN_SYSTEMD_UNIT" in reasons["no-unit"][1]
+    # Podman's words: a labeled container without its unit is a configuration error.
+    assert reasons["no-unit"] == (
+        UpdateState.FAILED,
+        'auto-updating container "id-no-unit": no PODMAN_SYSTEMD_UNIT label found',
+    )
     assert reasons["local"][0] is UpdateState.SKIPPED and "'local'" in reasons["local"][1]
-    assert reasons["short"][0] is UpdateState.SKIPPED and "fully qualified" in reasons["short"][1]
+    # A short name names no registry: a push of a registry cannot concern it (Podman refuses
+    # to create such a container with the registry policy).
+    assert "short" not in reasons
     assert units.restarts == [] and runtime.pulls == []
 
 
@@ -123,7 +129,7 @@ def test_failing_new_image_is_rolled_back(runtime):
     assert units.restarts == ["web.service", "web.service"]
     assert runtime.tags[REF] == V1 and runtime.containers[0].image_id == V1
     assert (row.old_image, row.new_image) == (V1, V3)
-    assert outcome.transient == []
+    assert outcome.retryable == []
 
 
 def test_rollback_that_fails_too_is_failed(runtime):
@@ -169,7 +175,7 @@ def test_failed_pull_is_failed_and_transient(runtime):
     updater, units = make_updater(runtime)
     outcome = updater.apply(push())
     assert states(outcome) == {"web": UpdateState.FAILED}
-    assert outcome.transient and "connection refused" in outcome.transient[0]
+    assert outcome.retryable and "connection refused" in outcome.retryable[0].reason
     assert units.restarts == []
 
 
@@ -187,7 +193,7 @@ def test_decides_on_containers_as_they_are_once_the_unit_lock_is_held(runtime):
     updater.locks = UpdatedWhileWaiting()
     outcome = updater.apply(push())
     assert states(outcome) == {"web": UpdateState.UNCHANGED}
-    assert runtime.pulls == [] and units.restarts == []
+    assert units.restarts == []  # pulled before the lock (cheap to repeat), never restarted
 
 
 def test_containers_pinned_by_digest_are_not_concerned(runtime):
@@ -211,5 +217,85 @@ def test_a_unit_that_cannot_be_handled_fails_alone_and_the_others_go_on(runtime)
     updater.locks = UnitALocked()
     outcome = updater.apply(push())
     assert states(outcome) == {"broken": UpdateState.FAILED, "fine": UpdateState.UPDATED}
-    assert outcome.transient == ["unit 'a.service' stayed locked by another worker"]
+    assert [row.reason for row in outcome.retryable] == [
+        "unit 'a.service' stayed locked by another worker"
+    ]
     assert units.restarts == ["b.service"]
+
+
+def test_a_pull_that_does_not_yield_the_pushed_digest_is_retryable_not_unchanged(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.images[V1]  # a mirror still serving the old image
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push(digest=D2))
+    [row] = outcome.rows
+    assert row.state is UpdateState.FAILED and row.retryable
+    assert "not the pushed" in row.reason and D2 in row.reason
+    assert units.restarts == []
+
+
+def test_one_failing_unit_rolls_back_every_unit_of_the_reference(runtime):
+    runtime.run("a", REF, V1, PODMAN_SYSTEMD_UNIT="a.service")
+    runtime.run("b", REF, V1, PODMAN_SYSTEMD_UNIT="b.service", BROKEN="1")
+    units = FakeUnits(runtime)
+
+    def restart(unit, timeout, original=units.restart):
+        result = original(unit, timeout)
+        if unit == "b.service" and runtime.tags[REF] == V2:
+            units.states[unit] = UnitState("failed", "failed", 0)
+        return result
+
+    units.restart = restart
+    updater, _ = make_updater(runtime, units)
+    outcome = updater.apply(push())
+    assert states(outcome) == {"a": UpdateState.ROLLED_BACK, "b": UpdateState.ROLLED_BACK}
+    assert runtime.tags[REF] == V1
+    assert {c.name: c.image_id for c in runtime.containers} == {"a": V1, "b": V1}
+    assert units.restarts == ["a.service", "b.service", "a.service", "b.service"]
+    reasons = {row.container_name: row.reason for row in outcome.rows}
+    assert "b.service failed" in reasons["a"] and "rolled back" in reasons["a"]
+
+
+def test_bad_configuration_is_a_failed_row_in_podmans_words(runtime):
+    runtime.run(
+        "fake", REF, V1, PODMAN_SYSTEMD_UNIT="f.service", **{"io.containers.autoupdate": "fake"}
+    )
+    updater, units = make_updater(runtime)
+    [row] = updater.apply(push()).rows
+    assert row.state is UpdateState.FAILED and not row.retryable
+    assert row.reason == (
+        'invalid auto-update policy "fake": valid policies are '
+        '["disabled" "image" "local" "registry"]'
+    )
+
+
+def test_reconcile_checks_each_reference_once_and_updates_what_is_behind(runtime):
+    other = "registry.example.com/other:1"
+    runtime.add_image(V3, f"registry.example.com/other@{D1}")
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.run("web2", REF, V1, PODMAN_SYSTEMD_UNIT="web2.service")
+    runtime.run("current", other, V3, PODMAN_SYSTEMD_UNIT="other.service")
+    lookups = []
+
+    def lookup(reference, authfile):
+        lookups.append(reference)
+        return {REF: D2, other: D1}[reference]
+
+    updater, units = make_updater(runtime)
+    outcome = updater.reconcile(lookup)
+    assert states(outcome) == {
+        "web": UpdateState.UPDATED,
+        "web2": UpdateState.UPDATED,
+        "current": UpdateState.UNCHANGED,
+    }
+    assert sorted(lookups) == sorted([other, REF])  # one check per distinct reference
+    assert sorted(units.restarts) == ["web.service", "web2.service"]
+    assert runtime.pulls == [REF]
+
+
+def test_reconcile_dry_run_is_pending_and_changes_nothing(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    updater, units = make_updater(runtime, dry_run=True)
+    outcome = updater.reconcile(lambda reference, authfile: D2)
+    assert states(outcome) == {"web": UpdateState.PENDING}
+    assert runtime.pulls == [] and units.restarts == []

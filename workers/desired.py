@@ -1,0 +1,60 @@
+"""The fleet's desired state: what each pushed reference names now, as the last push said."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+
+from workers.events import PushEvent
+
+DESIRED_KEY = "podhook:desired:{reference}"
+# A reference nobody pushed for this long is forgotten; the reconcile asks the registry anyway.
+DESIRED_TTL_SECONDS = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What a reference should name: ``digest`` from the last push (None when that push did
+    not say, so the tag must be pulled to learn it) and ``generation``, which every push of the
+    reference increments, so a job can tell whether a push came while it worked.
+    """
+
+    reference: str
+    digest: str | None
+    generation: int
+    source: str = ""
+    received_at: float | None = None
+
+
+def record_push(redis: Redis, event: PushEvent) -> None:
+    """Make ``event`` the desired state of its reference (one round trip, atomic)."""
+    key = DESIRED_KEY.format(reference=event.reference)
+    pipe = redis.pipeline(transaction=True)
+    pipe.hincrby(key, "generation", 1)
+    pipe.hset(
+        key,
+        mapping={
+            "digest": event.digest or "",
+            "source": event.source,
+            "received_at": "" if event.received_at is None else repr(event.received_at),
+        },
+    )
+    pipe.expire(key, DESIRED_TTL_SECONDS)
+    pipe.execute()
+
+
+def get_desired(redis: Redis, reference: str) -> DesiredState | None:
+    """The desired state of ``reference``, or None when no push of it is remembered."""
+    raw: dict[bytes, bytes] = redis.hgetall(DESIRED_KEY.format(reference=reference))  # type: ignore[assignment]
+    if not raw:
+        return None
+    fields = {key.decode(): value.decode() for key, value in raw.items()}
+    received = fields.get("received_at") or ""
+    return DesiredState(
+        reference=reference,
+        digest=fields.get("digest") or None,
+        generation=int(fields.get("generation") or 0),
+        source=fields.get("source", ""),
+        received_at=float(received) if received else None,
+    )
