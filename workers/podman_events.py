@@ -50,10 +50,11 @@ def watch_container_events(
 ) -> Iterator[ContainerEvent]:
     """Yield events of auto-update containers as Podman reports them, from the first ``next``.
 
-    Only ``actions`` are asked for. Ends when ``stop`` is set, noticed within ``timeout``
-    seconds: the stream is read with that timeout and reopened after it (or after Podman ends
-    it), resuming after the last event Podman sent. Raises ContainerRuntimeError, naming
-    ``podman_url``, when Podman cannot be reached, the stream breaks, or it keeps ending.
+    Only ``actions`` are asked for; each event comes once, in Podman's time order. Ends when
+    ``stop`` is set, noticed within ``timeout`` seconds: the stream is read with that timeout
+    and reopened after it (or after Podman ends it), resuming after the last event Podman sent.
+    Raises ContainerRuntimeError, naming ``podman_url``, when Podman cannot be reached, the
+    stream breaks, or it keeps ending.
     """
     return _watch(podman_url, actions, stop, timeout, on_open=None)
 
@@ -131,10 +132,10 @@ def follow_container_events(
     """Call ``on_event`` for each auto-update container event until ``stop`` is set.
 
     Meant for a daemon thread of the worker process; ``stop`` is noticed within
-    ``retry_seconds`` (5 s at most). Never raises: an unreachable Podman or a broken stream is
-    retried every ``retry_seconds`` with one warning per outage and an info line when it is
-    over (events during an outage are lost: a periodic resync has to catch them), and an
-    exception from ``on_event`` is logged and the next event handled.
+    ``retry_seconds`` (taken as 1 s at least and 5 s at most). Never raises: an unreachable
+    Podman or a broken stream is retried every ``retry_seconds`` with one warning per outage
+    and an info line when it is over (events during an outage are lost: a periodic resync has
+    to catch them), and an exception from ``on_event`` is logged and the next event handled.
     """
     outage = False
 
@@ -147,7 +148,7 @@ def follow_container_events(
     while not stop.is_set():
         try:
             events = _watch(
-                podman_url, DEFAULT_ACTIONS, stop, min(retry_seconds, 5.0), on_open=opened
+                podman_url, DEFAULT_ACTIONS, stop, min(max(retry_seconds, 1.0), 5.0), on_open=opened
             )
             for event in events:
                 try:

@@ -137,7 +137,8 @@ def test_watch_keeps_its_place_when_events_log_rotates(
 ) -> None:
     # Podman 4.3 rotates events.log (file backend, 1 MB by default) by keeping its newer half,
     # which a stream reopening the file without "since" sends again. Padded with copies of an
-    # old labelled container's event, the first write below rotates it.
+    # old labelled container's event (the harness configures the file backend), the first
+    # write below rotates it.
     stack.podman(
         "create", "--name", "ev-rotate-old", "--label", f"{AUTOUPDATE_LABEL}=registry", image
     )
@@ -256,7 +257,7 @@ def test_follow_survives_an_outage_and_a_failing_handler_and_stops(
     finally:
         t = time.monotonic()
         stop.set()
-        thread.join(0.2 + 2.0)
+        thread.join(1.0 + 2.0)  # stop is noticed within retry_seconds, 1 s at least
         stopped_in = time.monotonic() - t
         stack.podman("rm", "-f", "ev-follow-1", "ev-follow-2", check=False)
         gc.collect()
