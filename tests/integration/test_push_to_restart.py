@@ -190,9 +190,7 @@ def test_image_that_does_not_come_up_is_rolled_back(stack, podhook, units):
     assert stack.podman("exec", "roll", "cat", "/version").strip() == "roll-v1"
 
 
-def test_unlabeled_containers_are_left_alone_and_unit_less_ones_fail_loudly(
-    stack, podhook, units
-):
+def test_unlabeled_containers_are_left_alone_and_unit_less_ones_fail_loudly(stack, podhook, units):
     v1 = stack.build_and_push("e2e/shared", "3", marker="shared-v1")
     units.container("plain", v1.ref, autoupdate=None)
     plain_image = stack.container_image("plain")
