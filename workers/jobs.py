@@ -20,10 +20,12 @@ from workers.logs import log_context
 from workers.notify import notify_outcome
 from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
 from workers.queueing import (
+    JobOptions,
     finish_work,
     redis_from_settings,
     release_reconcile,
     release_work,
+    request_convergence,
     start_work,
 )
 from workers.reference import parse_reference
@@ -52,6 +54,11 @@ def _context(settings: Settings) -> tuple[Any, Redis, str]:
     redis = job.connection if job is not None else redis_from_settings(settings)
     host = (job.meta.get("host") if job is not None else None) or settings.host_id
     return job, redis, host
+
+
+def _retries_left(job: Any) -> bool:
+    """Whether RQ will try ``job`` again after it fails."""
+    return job is not None and (job.retries_left or 0) > 0
 
 
 def _updater(settings: Settings, runtime: PodmanRuntime, redis: Redis, host: str) -> Updater:
@@ -92,7 +99,6 @@ def converge(host: str, reference: str) -> dict[str, Any]:
         start_work(redis, host, reference, job_id, ttl=settings.job_timeout)
         outcome: UpdateOutcome | None = None
         report: dict[str, Any] = {}
-        retrying = False
         try:
             for _ in range(MAX_LOOKS):
                 desired = get_desired(redis, reference)
@@ -110,21 +116,24 @@ def converge(host: str, reference: str) -> dict[str, Any]:
                     # same image again. The next push, or the operator, decides.
                     release_work(redis, host, reference, job_id)
                     break
+                retrying = False
                 if outcome.retryable:
                     latest = get_desired(redis, reference)
                     if latest and desired and latest.generation != desired.generation:
                         continue  # a newer push came: look at it now rather than back off
-                    retrying = job is not None and (job.retries_left or 0) > 0
+                    retrying = _retries_left(job)
                 if not finish_work(redis, host, reference, job_id, retrying=retrying):
                     break
+            else:
+                # Pushes kept coming: what they ask is left to a job of its own, queued now.
+                release_work(redis, host, reference, job_id)
+                request_convergence(redis, host, reference, JobOptions.from_settings(settings))
         except BaseException:
-            finish_work(
-                redis,
-                host,
-                reference,
-                job_id,
-                retrying=job is not None and (job.retries_left or 0) > 0,
-            )
+            # RQ's next attempt, if any, holds the work (hints join it); else nobody does.
+            if _retries_left(job):
+                finish_work(redis, host, reference, job_id, retrying=True)
+            else:
+                release_work(redis, host, reference, job_id)
             raise
         assert outcome is not None
         return _conclude(settings, job, redis, host, outcome, report)
@@ -249,9 +258,10 @@ def _conclude(
     """Notify, then end the job as its rows say: failed, retried, or done."""
     lasting, retryable = outcome.lasting, outcome.retryable
     told = report
-    if retryable and not lasting and job is not None and (job.retries_left or 0) > 0:
-        # RQ tries again: a passing failure is told once, by the attempt that gives up.
-        told = {**report, "containers": [r.to_dict() for r in lasting]}
+    if retryable and not lasting and _retries_left(job):
+        # RQ tries again: a passing failure is told once, by the attempt that gives up; the
+        # other rows (updated, say) are told now.
+        told = {**report, "containers": [r.to_dict() for r in outcome.rows if not r.retryable]}
     sent = notify_outcome(settings, told)
     if sent is not None:
         metrics.record_notification(redis, host, sent)
@@ -293,7 +303,7 @@ def _report_unreachable(
         job.meta["report"] = report
         job.save_meta()
     audit.record(redis, "outcome", report, settings.audit_retention)
-    if job is None or (job.retries_left or 0) == 0:
+    if not _retries_left(job):
         row = {
             "container_name": "(every container of this host)",
             "unit": None,

@@ -228,15 +228,18 @@ def release_work(redis: Redis, host: str, reference: str, job_id: str) -> None:
     """Release the work of (host, reference) if ``job_id`` holds it, whatever hints came:
     for a job that ends on a failure another look must not repeat by itself."""
     key = work_key(host, reference)
-    with redis.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            if _text(pipe.hget(key, "job") or b"") == job_id:
+    for _ in range(_WATCH_ATTEMPTS):
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if _text(pipe.hget(key, "job") or b"") != job_id:
+                    return
                 pipe.multi()
                 pipe.delete(key)
                 pipe.execute()
-        except WatchError:
-            pass  # a hint came in between: the next one queues a job of its own
+                return
+            except WatchError:
+                continue  # a hint marked it in between: release it all the same
 
 
 def is_work_running(redis: Redis, host: str, reference: str) -> bool:

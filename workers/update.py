@@ -518,10 +518,13 @@ class Updater:
             return {unit: (UpdateState.FAILED, reason) for unit in restarted}
         states: dict[str, tuple[UpdateState, str]] = {}
         for unit in restarted:
-            with self.locks.hold(unit):
-                second = self._restart_and_verify(
-                    unit, {c.name: c.image_id for c, _ in by_unit[unit]}
-                )
+            try:
+                with self.locks.hold(unit):
+                    second = self._restart_and_verify(
+                        unit, {c.name: c.image_id for c, _ in by_unit[unit]}
+                    )
+            except LockTimeoutError as error:
+                second = str(error)
             cause = problem if unit == failed_unit else f"{failed_unit} failed: {problem}"
             if second is None:
                 log.warning("%s rolled back to the previous image", unit, extra={"unit": unit})

@@ -275,3 +275,37 @@ def test_a_host_whose_podman_does_not_answer_is_recorded_and_told(
     [message] = receiver.json_payloads()
     assert "registry.example.com/team/app:1.2 on web-9: failed" in message["title"]
     assert "cannot reach Podman or systemd" in message["message"]
+
+
+def test_an_attempt_rq_retries_tells_its_updates_now_and_its_passing_failure_later(receiver, redis):
+    from types import SimpleNamespace
+
+    from workers.jobs import TransientUpdateError, _conclude
+    from workers.report import ContainerReport, UpdateState
+    from workers.update import UpdateOutcome
+
+    def container(name: str, state: UpdateState, reason: str, retryable: bool) -> ContainerReport:
+        return ContainerReport(
+            f"id-{name}",
+            name,
+            f"container-{name}.service",
+            "r.example.com/app:1",
+            "registry",
+            state,
+            reason,
+            retryable=retryable,
+        )
+
+    outcome = UpdateOutcome(
+        [
+            container("api", UpdateState.UPDATED, "restarted on the new image", False),
+            container("db", UpdateState.FAILED, "pulling: connection refused", True),
+        ]
+    )
+    told = settings(f"json://127.0.0.1:{receiver.port}/", notify_on={"updated", "failed"})
+    job = SimpleNamespace(retries_left=2)
+    with pytest.raises(TransientUpdateError):
+        _conclude(told, job, redis, "web-1", outcome, report(*[r.to_dict() for r in outcome.rows]))
+    [payload] = receiver.json_payloads()
+    assert "container: api" in payload["message"]
+    assert "container: db" not in payload["message"]  # told by the attempt that gives up

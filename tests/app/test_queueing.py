@@ -4,8 +4,11 @@ and reference that hints join, the desired state a job reads, hosts forgotten fo
 import time
 
 import pytest
+from rq import SimpleWorker
 from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
+import workers.jobs
 from workers.desired import get_desired
 from workers.events import make_event
 from workers.hosts import forget_host, get_hosts, register_host
@@ -21,6 +24,7 @@ from workers.queueing import (
     work_key,
 )
 from workers.routing import dispatch_push, route_push
+from workers.update import UpdateOutcome
 
 REGISTRY = "registry.example.com"
 REFERENCE = f"{REGISTRY}/team/app:1"
@@ -178,3 +182,43 @@ def test_a_job_status_is_rqs(redis):
     register_host(redis, "a")
     [queued] = dispatch_push(redis, event())
     assert get_queue(redis, "a").fetch_job(queued.job_id).get_status() == JobStatus.QUEUED
+
+
+def work_in_process(redis, host):
+    SimpleWorker([get_queue(redis, host)], connection=redis, serializer=JSONSerializer).work(
+        burst=True
+    )
+
+
+def test_a_job_that_crashes_after_a_hint_came_releases_its_work(redis, monkeypatch):
+    register_host(redis, "a")
+    dispatch_push(redis, event(D1), JobOptions(retries=0))
+
+    def crash(*args, **kwargs):
+        dispatch_push(redis, event(D2))  # a push while the job works: marks it "again"
+        raise RuntimeError("the job broke")
+
+    monkeypatch.setattr(workers.jobs, "_run", crash)
+    work_in_process(redis, "a")
+    assert not redis.exists(work_key("a", REFERENCE))
+    [after] = dispatch_push(redis, event(D2))
+    assert not after.duplicate  # a new job: the next push is not swallowed by a dead one
+
+
+def test_a_job_under_a_stream_of_pushes_hands_the_rest_to_a_new_job(redis, monkeypatch):
+    register_host(redis, "a")
+    dispatch_push(redis, event(D1), JobOptions(retries=0))
+    looks = []
+
+    def look(*args, **kwargs):
+        looks.append(1)
+        if len(looks) <= workers.jobs.MAX_LOOKS:
+            dispatch_push(redis, event(f"sha256:{len(looks):064x}"))
+        return UpdateOutcome(), {}
+
+    monkeypatch.setattr(workers.jobs, "_run", look)
+    work_in_process(redis, "a")
+    # The first job looked MAX_LOOKS times, then queued a job that took the last push.
+    assert len(looks) == workers.jobs.MAX_LOOKS + 1
+    assert len(get_queue(redis, "a").finished_job_registry) == 2
+    assert not redis.exists(work_key("a", REFERENCE))

@@ -299,3 +299,22 @@ def test_reconcile_dry_run_is_pending_and_changes_nothing(runtime):
     outcome = updater.reconcile(lambda reference, authfile: D2)
     assert states(outcome) == {"web": UpdateState.PENDING}
     assert runtime.pulls == [] and units.restarts == []
+
+
+def test_a_rollback_that_cannot_get_the_unit_lock_is_a_failed_row_not_an_exception(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+    runtime.registry[REF] = runtime.add_image(V3)
+    updater, units = make_updater(runtime)
+    units.broken.add(V3)
+
+    class LockedForTheRollback(FakeLocks):
+        def hold(self, unit):
+            if self.held:
+                raise LockTimeoutError(f"unit {unit!r} stayed locked by another worker")
+            return super().hold(unit)
+
+    updater.locks = LockedForTheRollback()
+    [row] = updater.apply(push(digest=None)).rows
+    assert row.state is UpdateState.FAILED and not row.retryable
+    assert "rollback failed: unit 'web.service' stayed locked" in row.reason
+    assert units.restarts == ["web.service"]
