@@ -567,11 +567,10 @@ def _reconcile_here(settings: Settings) -> dict[str, Any]:
     """Reconcile this host in this process, with Redis locks when Redis answers."""
     import contextlib
 
-    from workers.jobs import registry_lookup
+    from workers.jobs import build_updater, registry_lookup
     from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
     from workers.report import summarize
-    from workers.systemd_units import DBusUnitManager, UnitError
-    from workers.update import UpdateOptions, Updater
+    from workers.systemd_units import UnitError
 
     class _LocalLocks:
         @contextlib.contextmanager
@@ -590,19 +589,7 @@ def _reconcile_here(settings: Settings) -> dict[str, Any]:
             locks = RedisUnitLocks(redis, settings.host_id, ttl=settings.job_timeout)
     runtime = PodmanRuntime(settings.podman_url)
     try:
-        updater = Updater(
-            runtime,
-            DBusUnitManager(settings.systemd_bus),
-            locks,
-            UpdateOptions(
-                dry_run=settings.dry_run,
-                rollback=settings.rollback,
-                restart_timeout=settings.restart_timeout,
-                settle_seconds=settings.settle_seconds,
-                authfile=settings.authfile,
-                registry_aliases=settings.registry_aliases,
-            ),
-        )
+        updater = build_updater(settings, runtime, locks)
         outcome = updater.reconcile(registry_lookup(settings))
     except (ContainerRuntimeError, UnitError) as error:
         return {"host": settings.host_id, "containers": [], "error": str(error)}
@@ -621,10 +608,8 @@ def _reconcile_through_queues(
     """Queue a reconcile on each host's queue and wait for them, with a progress line each."""
     import time
 
-    from rq.job import Job, JobStatus
-    from rq.serializers import JSONSerializer
-
     from workers.hosts import get_hosts, is_stale
+    from workers.joblog import get_job
     from workers.queueing import JobOptions, request_reconcile
 
     redis = _redis(settings)
@@ -652,22 +637,16 @@ def _reconcile_through_queues(
         for host, job_id in queued.items():
             if host in reports:
                 continue
-            job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-            status = job.get_status()
-            if last.get(host) != str(status):
-                click.echo(f"{host}: reconcile {job_id} {status}", err=True)
-                last[host] = str(status)
-            if status in (
-                JobStatus.FINISHED,
-                JobStatus.FAILED,
-                JobStatus.STOPPED,
-                JobStatus.CANCELED,
-            ):
-                report = job.meta.get("report") or {}
-                if not report:
-                    latest = job.latest_result()
-                    reason = (latest.exc_string or "").strip().splitlines()[-1] if latest else ""
-                    report = {"containers": [], "error": reason or f"job {status}"}
+            record = get_job(redis, job_id)
+            state = record.state if record is not None else "gone"
+            if last.get(host) != state:
+                click.echo(f"{host}: reconcile {job_id} {state}", err=True)
+                last[host] = state
+            if state in ("finished", "failed", "stopped", "canceled", "gone"):
+                report = (record.report if record is not None else None) or {
+                    "containers": [],
+                    "error": (record.error if record is not None else None) or f"job {state}",
+                }
                 reports[host] = {**report, "host": host}
         if len(reports) < len(queued):
             if time.monotonic() > deadline:

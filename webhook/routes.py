@@ -116,12 +116,13 @@ def receive(name: str, secret: str | None = None) -> Any:
             )
             return jsonify({**summary, "queued": [], "duplicate": True}), 200
         queued, duplicates, jobs = [], 0, []
-        new_events, per_host = 0, Counter[str]()
+        per_host = Counter[str]()
+        options = JobOptions.from_settings(settings)
         for event in events:
             for job in dispatch_push(
                 redis,
                 event,
-                JobOptions.from_settings(settings),
+                options,
                 stale_after=settings.host_stale_after,
                 inventory_max_age=settings.inventory_max_age,
             ):
@@ -142,7 +143,6 @@ def receive(name: str, secret: str | None = None) -> Any:
                     duplicates += 1
                 else:
                     per_host[job.host] += 1
-            new_events += 1
         if parsed.delivery:
             remember_delivery(redis, name, parsed.delivery)
         if events:
@@ -180,7 +180,7 @@ def receive(name: str, secret: str | None = None) -> Any:
         redis,
         endpoint.source,
         outcome,
-        events=new_events,
+        events=len(events),
         ignored=parsed.ignored,
         jobs=per_host,
     )

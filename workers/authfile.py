@@ -101,6 +101,18 @@ def find_credentials(authfile: str, reference: str) -> Credentials | None:
     return None
 
 
+def lookup_credentials(reference: str, authfile: str | None = None) -> Credentials | None:
+    """The credentials for the image ``reference`` (a name without tag) from ``authfile``, or,
+    without one, from the first of Podman's default files (``default_authfiles()``) that has
+    any, as containers/image searches them. Raises AuthfileError as ``find_credentials``.
+    """
+    for path in [authfile] if authfile else default_authfiles():
+        credentials = find_credentials(path, reference)
+        if credentials is not None:
+            return credentials
+    return None
+
+
 def _sections(content: Any, where: str) -> tuple[dict[str, Any], dict[str, str], str]:
     """``auths``, ``credHelpers`` and ``credsStore``, each checked for its JSON type."""
     if not isinstance(content, dict):

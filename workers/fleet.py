@@ -11,14 +11,11 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from workers import audit
-from workers.hosts import get_hosts
+from workers.hosts import DEFAULT_STALE_AFTER_SECONDS, get_hosts
 from workers.inventory import get_inventory
 from workers.joblog import get_job
 from workers.queueing import get_queue, queue_name
 
-# Workers beat about every 45 s (workers/worker.py: WORKER_TTL - 15); a host that missed a few
-# beats is shown as stale. Its inventory expires after 600 s (workers/inventory.py).
-STALE_AFTER_SECONDS = 150
 # Audit entries read at most to answer one filtered question: the trail holds up to 100,000
 # entries, and a page that refreshes every 10 s must not read them all.
 AUDIT_SCAN_LIMIT = 5000
@@ -46,7 +43,7 @@ class HostSummary:
     @property
     def stale(self) -> bool:
         """Whether the host's workers missed several heartbeats."""
-        return self.heartbeat_age > STALE_AFTER_SECONDS
+        return self.heartbeat_age > DEFAULT_STALE_AFTER_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with ``stale``."""

@@ -45,7 +45,7 @@ def forget_host(redis: Redis, host: str) -> bool:
 
     Workers of the host that still run register it again at their next heartbeat.
     """
-    known = bool(redis.zscore(HOSTS_KEY, host) is not None)
+    known = redis.zscore(HOSTS_KEY, host) is not None
     queue = get_queue(redis, host)
     for registry in (
         queue.scheduled_job_registry,
@@ -55,7 +55,6 @@ def forget_host(redis: Redis, host: str) -> bool:
     ):
         for job_id in registry.get_job_ids():
             registry.remove(job_id, delete_job=True)
-    queue.empty()
     queue.delete(delete_jobs=True)
     inventory.drop_inventory(redis, host)
     for key in redis.scan_iter(match=work_key_pattern(host), count=500):

@@ -15,7 +15,7 @@ from rq import get_current_job
 from workers import audit, metrics
 from workers.desired import get_desired
 from workers.events import PushEvent, make_event
-from workers.locks import RedisUnitLocks
+from workers.locks import RedisUnitLocks, UnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
 from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
@@ -29,7 +29,7 @@ from workers.queueing import (
     start_work,
 )
 from workers.reference import parse_reference
-from workers.report import FAILURE_STATES, summarize
+from workers.report import FAILURE_STATES, ContainerReport, summarize
 from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager, UnitError
 from workers.update import UpdateOptions, UpdateOutcome, Updater
@@ -49,11 +49,9 @@ class TransientUpdateError(Exception):
     """Raised by a job that failed without changing anything; RQ retries it with backoff."""
 
 
-def _context(settings: Settings) -> tuple[Any, Redis, str]:
+def _context(settings: Settings) -> tuple[Any, Redis]:
     job = get_current_job()
-    redis = job.connection if job is not None else redis_from_settings(settings)
-    host = (job.meta.get("host") if job is not None else None) or settings.host_id
-    return job, redis, host
+    return job, job.connection if job is not None else redis_from_settings(settings)
 
 
 def _retries_left(job: Any) -> bool:
@@ -61,20 +59,13 @@ def _retries_left(job: Any) -> bool:
     return job is not None and (job.retries_left or 0) > 0
 
 
-def _updater(settings: Settings, runtime: PodmanRuntime, redis: Redis, host: str) -> Updater:
+def build_updater(settings: Settings, runtime: PodmanRuntime, locks: UnitLocks) -> Updater:
+    """An Updater on the real systemd bus of the settings, with ``runtime`` and ``locks``."""
     return Updater(
         runtime,
         DBusUnitManager(settings.systemd_bus),
-        # A lock lives as long as a job may, and a wait ends while the job can still report.
-        RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2),
-        UpdateOptions(
-            dry_run=settings.dry_run,
-            rollback=settings.rollback,
-            restart_timeout=settings.restart_timeout,
-            settle_seconds=settings.settle_seconds,
-            authfile=settings.authfile,
-            registry_aliases=settings.registry_aliases,
-        ),
+        locks,
+        UpdateOptions.from_settings(settings),
     )
 
 
@@ -93,7 +84,7 @@ def converge(host: str, reference: str) -> dict[str, Any]:
     failed or rolled back raise UpdateFailedError and are not retried.
     """
     settings = load_settings()
-    job, redis, _ = _context(settings)
+    job, redis = _context(settings)
     job_id = job.id if job is not None else "inline"
     with log_context(job=job_id if job is not None else None, host=host, image=reference):
         start_work(redis, host, reference, job_id, ttl=settings.job_timeout)
@@ -147,7 +138,7 @@ def reconcile(
     Returns the report, like ``converge``."""
     overrides = {"dry_run": dry_run, "rollback": rollback}
     settings = load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
-    job, redis, _ = _context(settings)
+    job, redis = _context(settings)
     with log_context(job=job.id if job is not None else None, host=host):
         release_reconcile(redis, host)
         outcome, report = _run(
@@ -164,19 +155,14 @@ def reconcile(
 def registry_lookup(settings: Settings) -> Any:
     """The digest lookup the reconcile uses: a manifest HEAD with the container's authfile."""
 
-    from workers.authfile import default_authfiles, find_credentials  # noqa: PLC0415
+    from workers.authfile import lookup_credentials  # noqa: PLC0415
     from workers.registry_client import (  # noqa: PLC0415
         RegistryCredentials,
         get_manifest_digest,
     )
 
     def lookup(image_reference: str, authfile: str | None) -> str:
-        name = parse_reference(image_reference).name
-        found = None
-        for path in [authfile] if authfile else default_authfiles():
-            found = find_credentials(path, name)
-            if found is not None:
-                break
+        found = lookup_credentials(parse_reference(image_reference).name, authfile)
         credentials = (
             RegistryCredentials(found.username, found.password, found.identity_token)
             if found is not None
@@ -206,23 +192,15 @@ def _run(
     runtime = PodmanRuntime(settings.podman_url)
     started = time.time()
     try:
-        outcome = act(_updater(settings, runtime, redis, host))
+        # A lock lives as long as a job may, and a wait ends while the job can still report.
+        locks = RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2)
+        outcome = act(build_updater(settings, runtime, locks))
     except (ContainerRuntimeError, UnitError) as error:
         _report_unreachable(settings, job, redis, host, event, started, error)
         raise TransientUpdateError(str(error)) from error
     finally:
         runtime.close()
-    rows = [row.to_dict() for row in outcome.rows]
-    report: dict[str, Any] = {
-        "host": host,
-        "kind": "converge" if event is not None else "reconcile",
-        "reference": event.reference if event is not None else "*",
-        "event": event.to_dict() if event is not None else {},
-        "started_at": started,
-        "finished_at": time.time(),
-        "containers": rows,
-        "summary": summarize(outcome.rows),
-    }
+    report = _new_report(host, event, started, outcome.rows)
     for row in outcome.rows:
         log.log(
             logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
@@ -232,11 +210,7 @@ def _run(
             row.reason,
             extra={"unit": row.unit, "container": row.container_name, "state": row.state.value},
         )
-    if job is not None:
-        report["job"] = job.id
-        job.meta["report"] = report
-        job.save_meta()
-    audit.record(redis, "outcome", report, settings.audit_retention)
+    _save_report(settings, job, redis, report)
     metrics.record_outcomes(
         redis,
         host,
@@ -245,6 +219,32 @@ def _run(
         started_at=started,
     )
     return outcome, report
+
+
+def _new_report(
+    host: str, event: PushEvent | None, started: float, rows: list[ContainerReport]
+) -> dict[str, Any]:
+    """A job's report: what it converged (a push's reference, or ``*`` for a reconcile), when,
+    and one row per container with a count per state."""
+    return {
+        "host": host,
+        "kind": "converge" if event is not None else "reconcile",
+        "reference": event.reference if event is not None else "*",
+        "event": event.to_dict() if event is not None else {},
+        "started_at": started,
+        "finished_at": time.time(),
+        "containers": [row.to_dict() for row in rows],
+        "summary": summarize(rows),
+    }
+
+
+def _save_report(settings: Settings, job: Any, redis: Redis, report: dict[str, Any]) -> None:
+    """Keep the report in the job's meta (where readers look first) and the audit trail."""
+    if job is not None:
+        report["job"] = job.id
+        job.meta["report"] = report
+        job.save_meta()
+    audit.record(redis, "outcome", report, settings.audit_retention)
 
 
 def _conclude(
@@ -287,22 +287,8 @@ def _report_unreachable(
 ) -> None:
     """Record (and, on the last attempt, notify) a job that could not even list containers."""
     log.warning("cannot reach Podman or systemd: %s", error)
-    report: dict[str, Any] = {
-        "host": host,
-        "kind": "converge" if event is not None else "reconcile",
-        "reference": event.reference if event is not None else "*",
-        "event": event.to_dict() if event is not None else {},
-        "started_at": started,
-        "finished_at": time.time(),
-        "containers": [],
-        "summary": summarize([]),
-        "error": str(error),
-    }
-    if job is not None:
-        report["job"] = job.id
-        job.meta["report"] = report
-        job.save_meta()
-    audit.record(redis, "outcome", report, settings.audit_retention)
+    report = {**_new_report(host, event, started, []), "error": str(error)}
+    _save_report(settings, job, redis, report)
     if not _retries_left(job):
         row = {
             "container_name": "(every container of this host)",

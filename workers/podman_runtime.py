@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from podman import PodmanClient
 from podman.errors import APIError, NotFound, PodmanError
 
-from workers.authfile import AuthfileError, default_authfiles, find_credentials
+from workers.authfile import AuthfileError, lookup_credentials
 from workers.reference import InvalidReferenceError, parse_reference
 
 AUTOUPDATE_LABEL = "io.containers.autoupdate"
@@ -92,13 +92,8 @@ def registry_auth_header(reference: str, authfile: str | None) -> dict[str, str]
         raise ContainerRuntimeError(f"pulling {reference}: {error}") from error
     if not image.fully_qualified:
         return {}  # Podman picks the registry from its search list; there is no key to look up
-    credentials = None
     try:
-        # Like containers/image, the first file with credentials for the image wins.
-        for path in [authfile] if authfile else default_authfiles():
-            credentials = find_credentials(path, image.name)
-            if credentials is not None:
-                break
+        credentials = lookup_credentials(image.name, authfile)
     except AuthfileError as error:
         raise ContainerRuntimeError(f"pulling {reference}: {error}") from error
     if credentials is None:

@@ -111,6 +111,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _read_work(pipe: Any, key: str) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}
+
+
 def request_convergence(
     redis: Redis,
     host: str,
@@ -135,7 +139,7 @@ def request_convergence(
         with redis.pipeline() as pipe:
             try:
                 pipe.watch(key)
-                current = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}  # type: ignore[union-attr]
+                current = _read_work(pipe, key)
                 if current.get("state") == "waiting":
                     return QueuedJob(host, current["job"], duplicate=True)
                 pipe.multi()
@@ -204,7 +208,7 @@ def finish_work(redis: Redis, host: str, reference: str, job_id: str, *, retryin
         with redis.pipeline() as pipe:
             try:
                 pipe.watch(key)
-                current = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}  # type: ignore[union-attr]
+                current = _read_work(pipe, key)
                 if current.get("job") != job_id:
                     pipe.unwatch()
                     return False
@@ -263,18 +267,7 @@ def request_reconcile(
     """
     options = options or JobOptions()
     if dry_run is not None or rollback is not None:
-        job_id = new_job_id("reconcile", host, "")
-        get_queue(redis, host).enqueue_call(
-            RECONCILE_FUNCTION,
-            args=(host, dry_run, rollback),
-            job_id=job_id,
-            timeout=options.job_timeout,
-            result_ttl=options.result_ttl,
-            failure_ttl=options.result_ttl,
-            description="reconcile every labeled container" + (" (dry run)" if dry_run else ""),
-            meta={"host": host, "reference": "*"},
-            at_front=at_front,
-        )
+        job_id = _enqueue_reconcile(redis, host, options, (host, dry_run, rollback), at_front)
         return QueuedJob(host, job_id, duplicate=False)
     key = work_key(host, "*reconcile*")
     with redis.pipeline() as pipe:
@@ -283,25 +276,38 @@ def request_reconcile(
             waiting = pipe.get(key)
             if waiting is not None:
                 return QueuedJob(host, _text(waiting), duplicate=True)
-            job_id = new_job_id("reconcile", host, "")
             pipe.multi()
-            get_queue(redis, host).enqueue_call(
-                RECONCILE_FUNCTION,
-                args=(host,),
-                job_id=job_id,
-                timeout=options.job_timeout,
-                result_ttl=options.result_ttl,
-                failure_ttl=options.result_ttl,
-                description="reconcile every labeled container",
-                meta={"host": host, "reference": "*"},
-                pipeline=pipe,
-                at_front=at_front,
-            )
+            job_id = _enqueue_reconcile(redis, host, options, (host,), at_front, pipe)
             pipe.set(key, job_id, ex=options.job_timeout)
             pipe.execute()
             return QueuedJob(host, job_id, duplicate=False)
         except WatchError:
             return QueuedJob(host, _text(redis.get(key) or b""), duplicate=True)
+
+
+def _enqueue_reconcile(
+    redis: Redis,
+    host: str,
+    options: JobOptions,
+    args: tuple[Any, ...],
+    at_front: bool,
+    pipeline: Any = None,
+) -> str:
+    job_id = new_job_id("reconcile", host, "")
+    dry_run = len(args) > 1 and args[1]
+    get_queue(redis, host).enqueue_call(
+        RECONCILE_FUNCTION,
+        args=args,
+        job_id=job_id,
+        timeout=options.job_timeout,
+        result_ttl=options.result_ttl,
+        failure_ttl=options.result_ttl,
+        description="reconcile every labeled container" + (" (dry run)" if dry_run else ""),
+        meta={"host": host, "reference": "*"},
+        pipeline=pipeline,
+        at_front=at_front,
+    )
+    return job_id
 
 
 def release_reconcile(redis: Redis, host: str) -> None:

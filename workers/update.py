@@ -30,6 +30,7 @@ from workers.podman_runtime import (
 )
 from workers.reference import InvalidReferenceError, parse_reference
 from workers.report import ContainerReport, UpdateState
+from workers.settings import Settings
 from workers.systemd_units import UnitError, UnitManager
 
 log = logging.getLogger("podhook.worker")
@@ -55,6 +56,18 @@ class UpdateOptions:
     settle_seconds: float = 5.0
     authfile: str | None = None
     registry_aliases: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UpdateOptions:
+        """The options the settings name."""
+        return cls(
+            dry_run=settings.dry_run,
+            rollback=settings.rollback,
+            restart_timeout=settings.restart_timeout,
+            settle_seconds=settings.settle_seconds,
+            authfile=settings.authfile,
+            registry_aliases=settings.registry_aliases,
+        )
 
 
 @dataclass
@@ -131,12 +144,7 @@ class Updater:
         """``converge`` on a push event's reference and digest."""
         return self.converge(event.reference, event.digest)
 
-    def converge(
-        self,
-        reference: str,
-        digest: str | None,
-        containers: list[Container] | None = None,
-    ) -> UpdateOutcome:
+    def converge(self, reference: str, digest: str | None) -> UpdateOutcome:
         """Make the containers of ``reference`` (``registry/repository:tag``) run what it names.
 
         With ``digest``, containers that already run it are unchanged without a pull, and a
@@ -147,9 +155,8 @@ class Updater:
         """
         started = time.monotonic()
         outcome = UpdateOutcome()
-        listed = self.runtime.list_autoupdate_containers() if containers is None else containers
         members: list[Container] = []
-        for container in listed:
+        for container in self.runtime.list_autoupdate_containers():
             if routed_reference(container.image_reference, self.options.registry_aliases) != (
                 reference
             ):
@@ -232,8 +239,11 @@ class Updater:
             return round(time.monotonic() - started, 3)
 
         behind: list[Container] = []
+        runs: dict[str, bool] = {}  # by image id: one inspect however many containers run it
         for container in members:
-            if digest and self._runs_digest(container, digest):
+            if digest and container.image_id not in runs:
+                runs[container.image_id] = self._runs_digest(container, digest)
+            if digest and runs[container.image_id]:
                 outcome.rows.append(
                     _row(
                         container,
@@ -318,7 +328,7 @@ class Updater:
             else:
                 changed.append((container, image))
         if changed:
-            self._restart_units(reference, changed, elapsed, outcome)
+            self._restart_units(changed, elapsed, outcome)
 
     def _converge_local(
         self, image_reference: str, members: list[Container], started: float, outcome: UpdateOutcome
@@ -357,7 +367,7 @@ class Updater:
             else:
                 changed.append((container, newest))
         if changed:
-            self._restart_units(image_reference, changed, elapsed, outcome)
+            self._restart_units(changed, elapsed, outcome)
 
     def _runs_digest(self, container: Container, digest: str) -> bool:
         try:
@@ -370,7 +380,6 @@ class Updater:
 
     def _restart_units(
         self,
-        reference: str,
         changed: list[tuple[Container, Image]],
         elapsed: Callable[[], float],
         outcome: UpdateOutcome,
@@ -417,7 +426,6 @@ class Updater:
                 continue
             log.warning("%s failed on the new image: %s", unit, problem, extra={"unit": unit})
             self._fail_reference(
-                reference,
                 by_unit,
                 done,
                 unit,
@@ -456,7 +464,6 @@ class Updater:
 
     def _fail_reference(
         self,
-        reference: str,
         by_unit: dict[str, list[tuple[Container, Image]]],
         done: list[str],
         failed_unit: str,
@@ -470,11 +477,11 @@ class Updater:
         and restart the failed unit and those already updated, or report why that failed."""
         restarted = [*done, failed_unit]
         if not self.options.rollback:
-            states = {u: (UpdateState.FAILED, f"{problem}; rollback is off") for u in [failed_unit]}
+            states = {failed_unit: (UpdateState.FAILED, f"{problem}; rollback is off")}
             for unit in done:
                 states[unit] = (UpdateState.UPDATED, f"restarted {unit} on the new image")
         else:
-            states = self._roll_back(reference, by_unit, restarted, failed_unit, problem)
+            states = self._roll_back(by_unit, restarted, failed_unit, problem)
         for unit in restarted:
             state, reason = states[unit]
             for container, image in by_unit[unit]:
@@ -503,7 +510,6 @@ class Updater:
 
     def _roll_back(
         self,
-        reference: str,
         by_unit: dict[str, list[tuple[Container, Image]]],
         restarted: list[str],
         failed_unit: str,

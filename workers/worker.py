@@ -86,14 +86,15 @@ class HostWorker(Worker):
             )
 
 
-def refresh_inventory(redis: Redis, settings: Settings) -> None:
-    """Collect this host's labeled containers from Podman and publish them."""
+def refresh_inventory(redis: Redis, settings: Settings) -> dict[str, Any]:
+    """Collect this host's labeled containers from Podman, publish them and return them."""
     runtime = PodmanRuntime(settings.podman_url, timeout=10)
     try:
         inventory = collect_inventory(runtime, settings.registry_aliases)
     finally:
         runtime.close()
     publish_inventory(redis, settings.host_id, inventory)
+    return inventory
 
 
 class InventoryWatcher:
@@ -121,7 +122,7 @@ class InventoryWatcher:
     def on_event(self, event: ContainerEvent) -> None:
         """Publish the inventory; converge a started container whose reference was pushed
         to a digest its image does not have."""
-        refresh_inventory(self.redis, self.settings)
+        inventory = refresh_inventory(self.redis, self.settings)
         if event.action != "start":
             return
         reference = routed_reference(event.image, self.settings.registry_aliases)
@@ -130,7 +131,7 @@ class InventoryWatcher:
             return
         if is_work_running(self.redis, self.settings.host_id, reference):
             return  # the job converging it restarts its units: their starts are its own
-        if desired.digest and self._runs(event, desired.digest):
+        if desired.digest and self._runs(inventory, event, desired.digest):
             return
         queued = request_convergence(
             self.redis, self.settings.host_id, reference, JobOptions.from_settings(self.settings)
@@ -142,18 +143,21 @@ class InventoryWatcher:
             queued.job_id,
         )
 
-    def _runs(self, event: ContainerEvent, digest: str) -> bool:
+    def _runs(self, inventory: dict[str, Any], event: ContainerEvent, digest: str) -> bool:
+        """Whether the started container, as the inventory just listed it, runs ``digest``."""
+        image_ids = [
+            c["image_id"] for c in inventory.get("containers", []) if c["id"] == event.container_id
+        ]
+        if not image_ids:
+            return False
         runtime = PodmanRuntime(self.settings.podman_url, timeout=10)
         try:
-            for container in runtime.list_autoupdate_containers():
-                if container.id == event.container_id:
-                    image = runtime.get_image(container.image_id)
-                    return image.has_digest(parse_reference(event.image).name, digest)
+            image = runtime.get_image(image_ids[0])
         except ContainerRuntimeError:
             return False
         finally:
             runtime.close()
-        return False
+        return image.has_digest(parse_reference(event.image).name, digest)
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> bool:
