@@ -8,10 +8,11 @@ from redis import Redis
 
 from workers import inventory
 from workers.queueing import get_queue, work_key_pattern
+from workers.settings import Settings
 
 HOSTS_KEY = "podhook:hosts"
 # Workers beat about every 45 s (workers/worker.py); a host that missed a few beats is stale.
-DEFAULT_STALE_AFTER_SECONDS = 150
+DEFAULT_STALE_AFTER_SECONDS = Settings.host_stale_after
 
 
 def register_host(redis: Redis, host: str, now: float | None = None) -> None:

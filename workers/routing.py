@@ -14,9 +14,9 @@ from workers.events import PushEvent
 from workers.hosts import DEFAULT_STALE_AFTER_SECONDS, HOSTS_KEY
 from workers.inventory import INVENTORY_AT_KEY, REFERENCE_HOSTS_KEY
 from workers.queueing import JobOptions, NoHostsError, QueuedJob, request_convergence
+from workers.settings import Settings
 
-# The settings' defaults (host_stale_after, inventory_max_age).
-DEFAULT_INVENTORY_MAX_AGE_SECONDS = 120
+DEFAULT_INVENTORY_MAX_AGE_SECONDS = Settings.inventory_max_age
 
 # One round trip, O(hosts concerned + hosts whose inventory is unknown), whatever the fleet's
 # size: the reference's index entry, the hosts whose inventory is older than the allowed age,
