@@ -1,9 +1,10 @@
 """Deliveries per second through the webhook app under gunicorn, into a real Redis.
 
 Starts a private redis-server and `podhook serve` on loopback ports, registers one host, then
-posts a fixed number of distribution envelopes (each a distinct manifest push, so each queues a
-job) from a pool of client threads. Prints throughput and latency for 1 and 2 gunicorn workers,
-and their ratio. Bounded: N deliveries per run, loopback only.
+posts a fixed number of distribution envelopes (each a manifest push of its own repository, so
+each queues a job: pushes of one reference would join one job) from a pool of client threads.
+Prints throughput and latency for 1 and 2 gunicorn workers, and their ratio. Bounded: N
+deliveries per run, loopback only.
 
     .venv/bin/python bench/webhook_throughput.py [--deliveries 2000] [--clients 16]
 """
@@ -44,7 +45,7 @@ def envelope(index: int) -> bytes:
                     "action": "push",
                     "target": {
                         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "repository": "bench/app",
+                        "repository": f"bench/app-{index}",
                         "tag": "1",
                         "digest": digest,
                     },
