@@ -44,7 +44,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1141,6 +1141,60 @@ class Stack:
         return PushedImage(
             f"{self.registry.host}/{repository}:{tag}", repository, tag, digest, marker
         )
+
+    # -- registries.conf ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def registry_mirrors(self, mirrors: Sequence[str], timeout: float = 30.0) -> Iterator[None]:
+        """Within the block, the stack's Podman pulls images of the test registry from
+        ``mirrors`` (``host:port`` of other registries, plain HTTP) first, falling back to the
+        test registry, as containers/image does for ``[[registry.mirror]]`` entries.
+
+        The Podman API service caches registries.conf for its lifetime (containers/image
+        sysregistriesv2 configCache); SIGHUP makes it reload (Podman's infra.StartWatcher): on
+        the way in and out it is sent one, and the block starts (and ends) once ``/info``
+        shows the mirrors (and then none). The file is put back as it was, whatever happens.
+        """
+        assert self.registry is not None
+        conf = Path(self.podman_env["CONTAINERS_REGISTRIES_CONF"])
+        original = conf.read_text()
+        # The block write_podman_config wrote for the test registry: a registry may be listed
+        # once, so its mirrors go into a block of its own that replaces that one.
+        block = f'\n[[registry]]\nlocation = "{self.registry.host}"\ninsecure = true\n'
+        if block not in original:
+            raise HarnessError(f"{conf} has no block for {self.registry.host} to add mirrors to")
+        mirrored = block + "".join(
+            f'\n[[registry.mirror]]\nlocation = "{host}"\ninsecure = true\n' for host in mirrors
+        )
+        conf.write_text(original.replace(block, "") + mirrored)
+        try:
+            self.reload_registries(list(mirrors), timeout)
+            yield
+        finally:
+            conf.write_text(original)
+            self.reload_registries([], timeout)
+
+    def reload_registries(self, mirrors: Sequence[str] = (), timeout: float = 30.0) -> None:
+        """SIGHUP the Podman API service and wait until ``/info`` lists ``mirrors`` (the
+        locations, in order) for the test registry: it has read registries.conf again."""
+        assert self.podman_service is not None and self.registry is not None
+        os.kill(self.podman_service.process.pid, signal.SIGHUP)
+        host, want = self.registry.host, list(mirrors)
+        wait_for(
+            lambda: self.service_mirrors(host) == want,
+            timeout,
+            f"the Podman service to list mirrors {want} for {host}",
+            interval=0.2,
+        )
+
+    def service_mirrors(self, host: str) -> list[str]:
+        """The mirror locations the Podman API service uses for registry ``host`` now."""
+        assert self.podman_service is not None
+        from podman import PodmanClient  # noqa: PLC0415 - bench scripts need no podman-py
+
+        with PodmanClient(base_url=self.podman_service.url, timeout=5) as client:
+            entry = dict(client.info().get("registries") or {}).get(host) or {}
+        return [str(mirror.get("Location")) for mirror in entry.get("Mirrors") or []]
 
     # -- containers under units ------------------------------------------------------------------
 
