@@ -139,11 +139,7 @@ def side_by_side(
 
 
 def show(title: str, result: subprocess.CompletedProcess[str], seconds: float) -> None:
-    command = " ".join(result.args if isinstance(result.args, list) else [str(result.args)])
-    print(
-        f"\n--- {title} ({Path(command.split()[0]).name} ..., exit {result.returncode}, "
-        f"{seconds:.1f}s)"
-    )
+    print(f"\n--- {title}: exit {result.returncode}, {seconds:.1f}s")
     print(result.stdout.rstrip() or "(no rows)")
     if result.stderr.strip():
         print(f"stderr: {result.stderr.strip()[-1500:]}")
@@ -173,6 +169,26 @@ def compare(stack: Any, names: Mapping[str, str], phase: str) -> dict[str, dict[
     print(side_by_side(names, podman_rows, podhook_rows))
     assert set(podman_rows) == set(names), podman_json.stdout
     assert differences(podman_rows, podhook_rows) == []
+    # The tables too, to the space (Podman orders its rows by a map walk: compare them sorted).
+    assert (podman_table.returncode, podhook_table.returncode) == (0, 0)
+    podman_header, *podman_lines = podman_table.stdout.splitlines()
+    podhook_header, *podhook_lines = podhook_table.stdout.splitlines()
+    assert podhook_header == podman_header
+    assert sorted(podhook_lines) == sorted(podman_lines)
+    # And a table of the user's: headers split at capitals, the same alignment.
+    template = "table {{.ContainerName}}\\t{{.ContainerID}}\\t{{.Updated}}"
+    podman_user, podman_seconds = timed(podman_autoupdate, stack, "--dry-run", "--format", template)
+    podhook_user, podhook_seconds = timed(
+        podhook_reconcile, stack, "--dry-run", "--format", template
+    )
+    show(
+        f"{phase}: podman auto-update --dry-run --format '{template}'", podman_user, podman_seconds
+    )
+    show(
+        f"{phase}: podhook reconcile --dry-run --format '{template}'", podhook_user, podhook_seconds
+    )
+    assert podhook_user.stdout.splitlines()[0] == podman_user.stdout.splitlines()[0]
+    assert sorted(podhook_user.stdout.splitlines()) == sorted(podman_user.stdout.splitlines())
     return podman_rows
 
 
