@@ -11,10 +11,23 @@ from typing import Any
 
 from redis import Redis
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.serializers import JSONSerializer
 
 from workers import audit, metrics
 from workers.desired import get_desired
 from workers.events import PushEvent, make_event
+from workers.handoff import (
+    HANDOFF_DELAY,
+    Handoff,
+    TransientUnitHandoff,
+    claim_handoff,
+    handoff_rows,
+    pending_handoffs,
+    worker_identity,
+)
 from workers.locks import RedisUnitLocks, UnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
@@ -59,14 +72,24 @@ def _retries_left(job: Any) -> bool:
     return job is not None and (job.retries_left or 0) > 0
 
 
-def build_updater(settings: Settings, runtime: PodmanRuntime, locks: UnitLocks) -> Updater:
-    """An Updater on the real systemd bus of the settings, with ``runtime`` and ``locks``."""
-    return Updater(
-        runtime,
-        DBusUnitManager(settings.systemd_bus),
-        locks,
-        UpdateOptions.from_settings(settings),
-    )
+def build_updater(
+    settings: Settings,
+    runtime: PodmanRuntime,
+    locks: UnitLocks,
+    *,
+    redis: Redis | None = None,
+    job_id: str | None = None,
+) -> Updater:
+    """An Updater on the real systemd bus of the settings, with ``runtime`` and ``locks``.
+
+    With ``job_id`` (a queued job), restarts of units that hold this worker or its Redis are
+    handed to a transient unit and recorded in ``redis`` for the worker to complete."""
+    units = DBusUnitManager(settings.systemd_bus)
+    handoff = None
+    if job_id is not None:
+        identity = worker_identity(settings)
+        handoff = TransientUnitHandoff(units, settings, identity, redis, settings.host_id, job_id)
+    return Updater(runtime, units, locks, UpdateOptions.from_settings(settings), handoff)
 
 
 def _event_for(reference: str, digest: str | None) -> PushEvent:
@@ -194,7 +217,10 @@ def _run(
     try:
         # A lock lives as long as a job may, and a wait ends while the job can still report.
         locks = RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2)
-        outcome = act(build_updater(settings, runtime, locks))
+        updater = build_updater(
+            settings, runtime, locks, redis=redis, job_id=job.id if job is not None else None
+        )
+        outcome = act(updater)
     except (ContainerRuntimeError, UnitError) as error:
         _report_unreachable(settings, job, redis, host, event, started, error)
         raise TransientUpdateError(str(error)) from error
@@ -299,3 +325,101 @@ def _report_unreachable(
         sent = notify_outcome(settings, {**report, "containers": [row]})
         if sent is not None:
             metrics.record_notification(redis, host, sent)
+
+
+# A transient unit's states while it still works.
+_UNDERWAY = frozenset({"activating", "active", "deactivating", "reloading"})
+
+
+def finish_handoffs(settings: Settings, redis: Redis) -> int:
+    """Complete the records of this host's handed-off restarts whose transient unit is over.
+
+    Each container's row is read from what it runs now (the new image: updated; the old one:
+    rolled back; else failed), put in the job's report, the audit trail and metrics, and
+    notified; a job whose rows failed is moved to the failed jobs. Handoffs still underway
+    are left for a later call. Returns how many were completed. Raises ContainerRuntimeError
+    or UnitError when Podman or systemd cannot be asked.
+    """
+    pending = [
+        h
+        for h in pending_handoffs(redis, settings.host_id)
+        if time.time() - h.started_at > HANDOFF_DELAY
+    ]
+    if not pending:
+        return 0
+    units = DBusUnitManager(settings.systemd_bus)
+    runtime = PodmanRuntime(settings.podman_url, timeout=30)
+    locks = RedisUnitLocks(redis, settings.host_id)
+    completed = 0
+    try:
+        for handoff in pending:
+            state = units.get_state(handoff.transient_unit)
+            if state.active_state in _UNDERWAY:
+                continue
+            running = {c.name: c.image_id for c in runtime.list_autoupdate_containers()}
+            if not claim_handoff(redis, handoff):
+                continue  # another worker process of this host completes it
+            rows = handoff_rows(handoff, running, transient_failed=state.active_state == "failed")
+            _complete_handoff(settings, redis, handoff, rows)
+            units.forget(handoff.transient_unit)
+            for unit in handoff.units:
+                locks.release_kept(unit)
+            completed += 1
+    finally:
+        runtime.close()
+    return completed
+
+
+def _complete_handoff(
+    settings: Settings, redis: Redis, handoff: Handoff, rows: list[ContainerReport]
+) -> None:
+    """Put a handoff's final rows in its job's report and tell everyone who reads reports."""
+    try:
+        job: Job | None = Job.fetch(handoff.job, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        job = None
+    report = dict(job.meta.get("report") or {}) if job is not None else {}
+    if not report:
+        report = _new_report(handoff.host, None, handoff.started_at, [])
+    final = {row.container_id: row.to_dict() for row in rows}
+    containers = [final.pop(c["container_id"], c) for c in report.get("containers", [])]
+    containers.extend(final.values())
+    report.update(
+        job=handoff.job,
+        containers=containers,
+        summary={
+            state: sum(1 for c in containers if c["state"] == state) for state in report["summary"]
+        }
+        if "summary" in report
+        else summarize(rows),
+        finished_at=time.time(),
+        handoff={"transient_unit": handoff.transient_unit, "units": handoff.units},
+    )
+    lasting = [row for row in rows if row.state in FAILURE_STATES]
+    log.log(
+        logging.WARNING if lasting else logging.INFO,
+        "handoff %s over: %s",
+        handoff.transient_unit,
+        "; ".join(f"{row.container_name}: {row.state.value}" for row in rows),
+    )
+    if job is not None:
+        job.meta["report"] = report
+        job.save_meta()
+        if lasting:
+            with redis.pipeline() as pipe:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                FinishedJobRegistry(job.origin, connection=redis).remove(job, pipeline=pipe)
+                FailedJobRegistry(job.origin, connection=redis).add(
+                    job,
+                    ttl=settings.result_ttl,
+                    exc_string="; ".join(f"{r.container_name}: {r.reason}" for r in lasting),
+                    pipeline=pipe,
+                )
+                pipe.execute()
+    audit.record(redis, "outcome", report, settings.audit_retention)
+    metrics.record_outcomes(
+        redis, handoff.host, rows, received_at=None, started_at=handoff.started_at
+    )
+    sent = notify_outcome(settings, {**report, "containers": [r.to_dict() for r in rows]})
+    if sent is not None:
+        metrics.record_notification(redis, handoff.host, sent)

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, WatchError
+
+# The value of a lock kept for a restart that another process carries on (a handoff).
+KEPT = b"kept"
 
 
 class LockTimeoutError(Exception):
@@ -19,6 +22,11 @@ class UnitLocks(Protocol):
 
     def hold(self, unit: str) -> contextlib.AbstractContextManager[None]:
         """A context manager that holds the lock of ``unit`` for its duration."""
+        ...
+
+    def keep(self, unit: str, seconds: float) -> None:
+        """While holding ``unit``: leave it locked for ``seconds`` after ``hold`` ends, for a
+        restart carried on by another process; ``release_kept`` ends that earlier."""
         ...
 
 
@@ -38,6 +46,24 @@ class RedisUnitLocks:
     def key(self, unit: str) -> str:
         """The Redis key of a unit's lock."""
         return f"podhook:lock:{self._host}:{unit}"
+
+    def keep(self, unit: str, seconds: float) -> None:
+        """Make the held lock a kept one: ``hold``'s release leaves it (its token no longer
+        matches) until ``seconds`` pass or ``release_kept`` removes it."""
+        self._redis.set(self.key(unit), KEPT, ex=max(1, round(seconds)))
+
+    def release_kept(self, unit: str) -> None:
+        """Remove the unit's lock if it is a kept one (not a worker's lock in hand)."""
+        key = self.key(unit)
+        with self._redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) == KEPT:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except WatchError:
+                pass  # taken or changed meanwhile: not ours to remove
 
     @contextlib.contextmanager
     def hold(self, unit: str) -> Iterator[None]:

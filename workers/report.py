@@ -16,6 +16,9 @@ class UpdateState(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     SKIPPED = "skipped"
+    # The unit holds this worker (or its Redis): its restart runs outside it, in a transient
+    # unit, and the row is completed when that is over.
+    HANDED_OFF = "handed_off"
 
 
 # States that make a job fail in its record: the push did not end with the new image running.
@@ -68,4 +71,5 @@ PODMAN_UPDATED = {
     UpdateState.PENDING: "pending",
     UpdateState.FAILED: "failed",
     UpdateState.ROLLED_BACK: "rolled back",
+    UpdateState.HANDED_OFF: "pending",
 }

@@ -102,6 +102,10 @@ class Settings:
     host_id: str = field(default_factory=socket.gethostname)
     dry_run: bool = False
     rollback: bool = True
+    # Units whose restart would stop this worker or the Redis it uses, besides those found by
+    # themselves (the worker's own container, a container named like the Redis URL's host):
+    # their restarts are handed to a transient unit.
+    self_units: list[str] = field(default_factory=list)
     authfile: str | None = None
     registry_aliases: dict[str, str] = field(default_factory=dict)
     max_body_bytes: int = 1024 * 1024
@@ -134,6 +138,7 @@ class Settings:
             raise SettingsError(f"host_id {self.host_id!r} must be a word without ' ', '/', ':'")
         # Overrides (tests, the CLI) may hand in a string or any iterable of strings.
         object.__setattr__(self, "notify_urls", _parse_list("notify_urls", self.notify_urls))
+        object.__setattr__(self, "self_units", _parse_list("self_units", self.self_units))
         object.__setattr__(self, "notify_on", frozenset(_parse_list("notify_on", self.notify_on)))
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"log_format must be 'text' or 'json', not {self.log_format!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ class UnitManager(Protocol):
 
     def get_state(self, unit: str) -> UnitState:
         """The unit's current state. Raises UnitError."""
+        ...
+
+    def start_transient(
+        self, unit: str, argv: list[str], environment: dict[str, str], timeout: float
+    ) -> None:
+        """Start ``argv`` as a one-shot transient ``unit`` of its own, without waiting for it.
+
+        Raises UnitError when systemd refuses it."""
         ...
 
 
@@ -100,6 +109,30 @@ class DBusUnitManager:
             return results[job]
         finally:
             subscription.disconnect()
+
+    def start_transient(
+        self, unit: str, argv: list[str], environment: dict[str, str], timeout: float
+    ) -> None:
+        """``StartTransientUnit``: a ``Type=oneshot`` service running ``argv`` with
+        ``environment``, stopped by systemd after ``timeout`` seconds. Its processes live in
+        its own cgroup, so restarting any other unit does not touch them."""
+        variant = self._glib.Variant
+        properties = [
+            ("Description", variant("s", f"podhook: {' '.join(argv[:1])} ({unit})")),
+            ("Type", variant("s", "oneshot")),
+            ("ExecStart", variant("a(sasb)", [(argv[0], argv, False)])),
+            ("Environment", variant("as", [f"{k}={v}" for k, v in sorted(environment.items())])),
+            ("TimeoutStartUSec", variant("t", int(timeout * 1_000_000))),
+        ]
+        try:
+            self._manager.StartTransientUnit(unit, "fail", properties, [])
+        except self._glib.Error as error:
+            raise UnitError(f"starting transient unit {unit!r}: {error.message}") from error
+
+    def forget(self, unit: str) -> None:
+        """Let systemd drop a failed transient unit it keeps for inspection (no-op otherwise)."""
+        with contextlib.suppress(self._glib.Error):
+            self._manager.ResetFailedUnit(unit)
 
     def get_state(self, unit: str) -> UnitState:
         """Read ActiveState, SubState and NRestarts of a loaded unit."""

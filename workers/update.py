@@ -10,12 +10,14 @@ image, so that all units of a reference run the image its local tag names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from workers.events import PushEvent
 from workers.inventory import routed_reference
@@ -44,6 +46,19 @@ KNOWN_POLICIES = REGISTRY_POLICIES | DISABLED_POLICIES | {LOCAL_POLICY}
 
 # The registry's digest of a reference: ``lookup(image_reference, authfile)``.
 DigestLookup = Callable[[str, "str | None"], str]
+
+
+class RestartHandoff(Protocol):
+    """Who restarts the units that hold this worker, or its Redis, from outside them."""
+
+    def holds(self, container: Container) -> bool:
+        """Whether restarting the container's unit would stop this worker or its Redis."""
+        ...
+
+    def hand_off(self, changed: list[tuple[Container, Image]], rollback: bool) -> str:
+        """Start restarting (and verifying, and rolling back) the units of ``changed`` outside
+        this worker, without waiting; return what does it. Raises UnitError."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -132,11 +147,13 @@ class Updater:
         units: UnitManager,
         locks: UnitLocks,
         options: UpdateOptions | None = None,
+        handoff: RestartHandoff | None = None,
     ) -> None:
         self.runtime = runtime
         self.units = units
         self.locks = locks
         self.options = options or UpdateOptions()
+        self.handoff = handoff
 
     # ---------------------------------------------------------------- entry points
 
@@ -386,6 +403,9 @@ class Updater:
     ) -> None:
         """Restart each unit of the changed containers once, in order; when one fails on the
         new image, roll back every unit of the reference restarted so far, together."""
+        if self.handoff is not None and any(self.handoff.holds(c) for c, _ in changed):
+            self._hand_off(changed, elapsed, outcome)
+            return
         pulled_at = elapsed()
         by_unit: dict[str, list[tuple[Container, Image]]] = defaultdict(list)
         for container, image in changed:
@@ -461,6 +481,72 @@ class Updater:
                         timings={"pulled": pulled_at, "active": finished, "finished": finished},
                     )
                 )
+
+    def _hand_off(
+        self,
+        changed: list[tuple[Container, Image]],
+        elapsed: Callable[[], float],
+        outcome: UpdateOutcome,
+    ) -> None:
+        """The reference's units include one that holds this worker (or its Redis): hand all
+        of them, together, to the handoff, and keep their locks while it works."""
+        assert self.handoff is not None
+        units = sorted({c.unit for c, _ in changed if c.unit})
+        # However long the handoff may take: a delay, then a restart and a rollback, each
+        # with its settle window.
+        keep_for = 60 + 2 * (self.options.restart_timeout + self.options.settle_seconds)
+        with contextlib.ExitStack() as held:
+            try:
+                for unit in units:
+                    held.enter_context(self.locks.hold(unit))
+                running = {
+                    name: image_id
+                    for unit in units
+                    for name, image_id in (self._running_images(unit) or {}).items()
+                }
+                if all(running.get(c.name) == image.id for c, image in changed):
+                    for container, image in changed:
+                        outcome.rows.append(
+                            _row(
+                                container,
+                                UpdateState.UNCHANGED,
+                                f"{container.unit} already runs the new image",
+                                old=image.id,
+                                new=image.id,
+                                timings={"finished": elapsed()},
+                            )
+                        )
+                    return
+                transient = self.handoff.hand_off(changed, self.options.rollback)
+                for unit in units:
+                    self.locks.keep(unit, keep_for)
+            except (LockTimeoutError, UnitError) as error:
+                for container, image in changed:
+                    outcome.rows.append(
+                        _row(
+                            container,
+                            UpdateState.FAILED,
+                            str(error),
+                            old=container.image_id,
+                            new=image.id,
+                            retryable=True,
+                        )
+                    )
+                return
+        log.info("restart of %s handed to %s", " ".join(units), transient)
+        for container, image in changed:
+            outcome.rows.append(
+                _row(
+                    container,
+                    UpdateState.HANDED_OFF,
+                    f"{container.unit} runs this worker or its Redis: its restart is handed to "
+                    f"{transient}, which rolls back on failure; this row is completed when "
+                    "that is over",
+                    old=container.image_id,
+                    new=image.id,
+                    timings={"pulled": elapsed(), "finished": elapsed()},
+                )
+            )
 
     def _fail_reference(
         self,

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import threading
+import time
 from typing import Any
 
 from redis import Redis
@@ -19,8 +20,10 @@ from rq import Worker
 from rq.serializers import JSONSerializer
 
 from workers.desired import get_desired
+from workers.handoff import pending_handoffs
 from workers.hosts import register_host
 from workers.inventory import collect_inventory, publish_inventory, routed_reference
+from workers.jobs import finish_handoffs
 from workers.logs import setup_logging
 from workers.podman_events import ContainerEvent, follow_container_events
 from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
@@ -79,11 +82,32 @@ class HostWorker(Worker):
         register_host(self.connection, self.host_id)
         if self.get_state() == "busy":
             return
+        finish_handoffs_now(self.connection, self.settings)
         refresh_inventory(self.connection, self.settings)
         if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
             request_reconcile(
                 self.connection, self.host_id, JobOptions.from_settings(self.settings)
             )
+
+
+def finish_handoffs_now(redis: Redis, settings: Settings) -> bool:
+    """Complete the handed-off restarts of this host that are over; whether any is pending.
+
+    Never raises: what cannot be completed now is tried again later."""
+    try:
+        finish_handoffs(settings, redis)
+        return bool(pending_handoffs(redis, settings.host_id))
+    except Exception as error:  # noqa: BLE001 - Podman, systemd or Redis down: try later
+        log.warning("completing handed-off restarts: %s", error)
+        return True
+
+
+def _finish_handoffs_soon(settings: Settings) -> None:
+    """Poll until this host's handed-off restarts are complete, within the time they take."""
+    redis = redis_from_settings(settings)
+    deadline = time.monotonic() + 60 + 2 * (settings.restart_timeout + settings.settle_seconds)
+    while finish_handoffs_now(redis, settings) and time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def refresh_inventory(redis: Redis, settings: Settings) -> dict[str, Any]:
@@ -171,6 +195,11 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     redis = redis_from_settings(settings)
     register_host(redis, settings.host_id)
     options = JobOptions.from_settings(settings)
+    if pending_handoffs(redis, settings.host_id):
+        # This worker may be what a handed-off restart brought back: complete its record.
+        threading.Thread(
+            target=_finish_handoffs_soon, args=(settings,), name="handoffs", daemon=True
+        ).start()
     if settings.reconcile_interval > 0 and not burst:
         reconcile_due(redis, settings.host_id, settings.reconcile_interval)  # times the next
         request_reconcile(redis, settings.host_id, options, at_front=True)

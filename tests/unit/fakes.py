@@ -94,8 +94,12 @@ class FakeLocks:
 
     def __init__(self) -> None:
         self.held: list[str] = []
+        self.kept: dict[str, float] = {}
 
     @contextlib.contextmanager
     def hold(self, unit: str) -> Iterator[None]:
         self.held.append(unit)
         yield
+
+    def keep(self, unit: str, seconds: float) -> None:
+        self.kept[unit] = seconds
