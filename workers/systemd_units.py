@@ -113,14 +113,19 @@ class DBusUnitManager:
     def start_transient(
         self, unit: str, argv: list[str], environment: dict[str, str], timeout: float
     ) -> None:
-        """``StartTransientUnit``: a ``Type=oneshot`` service running ``argv`` with
-        ``environment``, stopped by systemd after ``timeout`` seconds. Its processes live in
-        its own cgroup, so restarting any other unit does not touch them."""
+        """``StartTransientUnit``: a ``Type=oneshot`` service running ``argv`` (as given, not
+        subject to systemd's variable substitution) with ``environment``, stopped by systemd
+        after ``timeout`` seconds. Its processes live in its own cgroup, so restarting any
+        other unit does not touch them."""
         variant = self._glib.Variant
         properties = [
             ("Description", variant("s", f"podhook: {' '.join(argv[:1])} ({unit})")),
             ("Type", variant("s", "oneshot")),
-            ("ExecStart", variant("a(sasb)", [(argv[0], argv, False)])),
+            # systemd substitutes ${NAME} and $NAME in ExecStart; "$$" is a literal "$".
+            (
+                "ExecStart",
+                variant("a(sasb)", [(argv[0], [a.replace("$", "$$") for a in argv], False)]),
+            ),
             ("Environment", variant("as", [f"{k}={v}" for k, v in sorted(environment.items())])),
             ("TimeoutStartUSec", variant("t", int(timeout * 1_000_000))),
         ]
