@@ -11,6 +11,8 @@ from workers.events import PushEvent
 DESIRED_KEY = "podhook:desired:{reference}"
 # A reference nobody pushed for this long is forgotten; the reconcile asks the registry anyway.
 DESIRED_TTL_SECONDS = 30 * 24 * 3600
+# Which push of a reference a host's units failed on and were rolled back from.
+ROLLED_BACK_KEY = "podhook:rolled-back:{host}:{reference}"
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,20 @@ def get_desired(redis: Redis, reference: str) -> DesiredState | None:
         source=fields.get("source", ""),
         received_at=float(received) if received else None,
     )
+
+
+def record_rollback(redis: Redis, host: str, desired: DesiredState) -> None:
+    """Remember that ``host``'s units failed on the push ``desired`` names (and were rolled
+    back): a container of the reference that starts again is not converged on it once more.
+    The next push of the reference (a new generation) lifts it."""
+    redis.set(
+        ROLLED_BACK_KEY.format(host=host, reference=desired.reference),
+        desired.generation,
+        ex=DESIRED_TTL_SECONDS,
+    )
+
+
+def was_rolled_back(redis: Redis, host: str, desired: DesiredState) -> bool:
+    """Whether ``host`` already failed on, and rolled back from, the push ``desired`` names."""
+    raw = redis.get(ROLLED_BACK_KEY.format(host=host, reference=desired.reference))
+    return raw is not None and int(raw) == desired.generation

@@ -17,7 +17,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from workers import audit, metrics
-from workers.desired import get_desired
+from workers.desired import get_desired, record_rollback
 from workers.events import PushEvent, make_event
 from workers.handoff import (
     HANDOFF_DELAY,
@@ -128,6 +128,8 @@ def converge(host: str, reference: str) -> dict[str, Any]:
                 if outcome.lasting:
                     # A restart failed (and was rolled back): another look would restart the
                     # same image again. The next push, or the operator, decides.
+                    if desired is not None:
+                        record_rollback(redis, host, desired)
                     release_work(redis, host, reference, job_id)
                     break
                 retrying = False

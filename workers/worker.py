@@ -19,7 +19,7 @@ from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from workers.desired import get_desired
+from workers.desired import get_desired, was_rolled_back
 from workers.handoff import pending_handoffs
 from workers.hosts import register_host
 from workers.inventory import collect_inventory, publish_inventory, routed_reference
@@ -155,6 +155,8 @@ class InventoryWatcher:
             return
         if is_work_running(self.redis, self.settings.host_id, reference):
             return  # the job converging it restarts its units: their starts are its own
+        if was_rolled_back(self.redis, self.settings.host_id, desired):
+            return  # this host's units failed on that push: the next push decides
         if desired.digest and self._runs(inventory, event, desired.digest):
             return
         queued = request_convergence(

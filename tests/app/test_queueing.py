@@ -9,7 +9,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 import workers.jobs
-from workers.desired import get_desired
+from workers.desired import get_desired, record_rollback, was_rolled_back
 from workers.events import make_event
 from workers.hosts import forget_host, get_hosts, register_host
 from workers.inventory import get_inventory, publish_inventory
@@ -222,3 +222,14 @@ def test_a_job_under_a_stream_of_pushes_hands_the_rest_to_a_new_job(redis, monke
     assert len(looks) == workers.jobs.MAX_LOOKS + 1
     assert len(get_queue(redis, "a").finished_job_registry) == 2
     assert not redis.exists(work_key("a", REFERENCE))
+
+
+def test_a_rolled_back_push_is_remembered_per_host_until_the_next_push(redis):
+    register_host(redis, "h1")
+    dispatch_push(redis, event())
+    failed = get_desired(redis, REFERENCE)
+    record_rollback(redis, "h1", failed)
+    assert was_rolled_back(redis, "h1", failed)
+    assert not was_rolled_back(redis, "h2", failed)  # another host did not fail on it
+    dispatch_push(redis, event())  # the same digest pushed again: the next push decides
+    assert not was_rolled_back(redis, "h1", get_desired(redis, REFERENCE))

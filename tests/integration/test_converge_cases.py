@@ -425,13 +425,6 @@ def test_one_unit_failing_on_a_pushed_image_rolls_back_every_unit_of_the_referen
         forget_host(redis, host)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the last check: the others fail the test with pytest.fail
-    reason="InventoryWatcher.on_event (workers/worker.py) converges a started container on the "
-    "desired digest even when a job rolled that digest back: a crash restart of a rolled-back "
-    "unit pulls and restarts every unit of the reference on the failing image again",
-)
 def test_a_rolled_back_reference_stays_rolled_back_when_one_of_its_units_restarts(
     stack, units, spawn, registry_notifications
 ):
