@@ -101,23 +101,36 @@ def notify_outcome(settings: Settings, report: dict[str, Any]) -> bool | None:
 
 
 def format_message(report: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The title and plain-text body of the message about ``rows`` of ``report``."""
-    event = report.get("event", {})
-    image = f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+    """The title and plain-text body of the message about ``rows`` of ``report``.
+
+    A push's job is named by its image and digest; a reconcile (``kind`` ``reconcile``, no
+    push) by that word, each container then with its own image. Every row's reason is told:
+    for a misconfigured container, Podman's words for what is wrong.
+    """
+    event = report.get("event") or {}
     host = report.get("host", "?")
     states = sorted({row["state"] for row in rows})
-    title = f"podhook: {image} on {host}: {', '.join(states)}"
-    lines = [
-        f"host: {host}",
-        f"image: {image}",
-        f"digest: {event.get('digest') or '(not given by the sender)'}",
-        f"job: {report.get('job') or '-'}",
-    ]
+    if report.get("kind") == "reconcile" or not event:
+        subject = "reconcile"
+        lines = [f"host: {host}", "reconcile: every labeled container"]
+    else:
+        subject = f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+        lines = [
+            f"host: {host}",
+            f"image: {subject}",
+            f"digest: {event.get('digest') or '(not given by the sender)'}",
+        ]
+    title = f"podhook: {subject} on {host}: {', '.join(states)}"
+    lines.append(f"job: {report.get('job') or '-'}")
     for row in rows:
         lines += [
             "",
             f"container: {row['container_name']}",
             f"unit: {row.get('unit') or '-'}",
+        ]
+        if subject == "reconcile":
+            lines.append(f"image: {row.get('image') or '-'}")
+        lines += [
             f"state: {row['state']}",
             f"reason: {_shorten(row.get('reason') or '-')}",
             f"old image: {row.get('old_image') or '-'}",

@@ -309,3 +309,41 @@ def test_an_attempt_rq_retries_tells_its_updates_now_and_its_passing_failure_lat
     [payload] = receiver.json_payloads()
     assert "container: api" in payload["message"]
     assert "container: db" not in payload["message"]  # told by the attempt that gives up
+
+
+def test_a_reconcile_names_each_container_its_image_and_podmans_reason(receiver):
+    url = f"json://127.0.0.1:{receiver.port}/"
+    no_unit = row(
+        "cron",
+        "failed",
+        'auto-updating container "id-cron": no PODMAN_SYSTEMD_UNIT label found',
+        unit=None,
+        image="registry.example.com/team/cron:1",
+        old_image=None,
+        new_image=None,
+    )
+    reconcile = {
+        "host": "web-1",
+        "kind": "reconcile",
+        "reference": "*",
+        "event": {},
+        "job": "reconcile-0123456789abcdef",
+        "containers": [no_unit, UPDATED],
+    }
+    assert notify_outcome(settings(url), reconcile) is True
+    [payload] = receiver.json_payloads()
+    assert payload["type"] == "failure"
+    assert payload["title"] == "podhook: reconcile on web-1: failed"
+    message = payload["message"]
+    for expected in (
+        "host: web-1",
+        "reconcile: every labeled container",
+        "job: reconcile-0123456789abcdef",
+        "container: cron",
+        "unit: -",
+        "image: registry.example.com/team/cron:1",
+        "state: failed",
+        'reason: auto-updating container "id-cron": no PODMAN_SYSTEMD_UNIT label found',
+    ):
+        assert expected in message, (expected, message)
+    assert "None" not in payload["title"] + message and "digest:" not in message
