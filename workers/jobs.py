@@ -35,6 +35,7 @@ from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
 from workers.queueing import (
     JobOptions,
     finish_work,
+    job_is_alive,
     redis_from_settings,
     release_reconcile,
     release_work,
@@ -218,7 +219,14 @@ def _run(
     started = time.time()
     try:
         # A lock lives as long as a job may, and a wait ends while the job can still report.
-        locks = RedisUnitLocks(redis, host, ttl=settings.job_timeout, wait=settings.job_timeout / 2)
+        locks = RedisUnitLocks(
+            redis,
+            host,
+            ttl=settings.job_timeout,
+            wait=settings.job_timeout / 2,
+            holder=job.id if job is not None else None,
+            holder_alive=lambda holder: job_is_alive(redis, holder),
+        )
         updater = build_updater(
             settings, runtime, locks, redis=redis, job_id=job.id if job is not None else None
         )

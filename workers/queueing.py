@@ -15,7 +15,8 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from workers.settings import Settings
@@ -140,10 +141,14 @@ def request_convergence(
             try:
                 pipe.watch(key)
                 current = _read_work(pipe, key)
-                if current.get("state") == "waiting":
+                # A job whose work-horse or worker died holds the work no longer.
+                liveness = job_liveness(pipe, current["job"]) if current.get("job") else "gone"
+                if liveness == "pending" or (
+                    liveness == "running" and current.get("state") == "waiting"
+                ):
                     return QueuedJob(host, current["job"], duplicate=True)
                 pipe.multi()
-                if current.get("state") == "running":
+                if liveness == "running":
                     pipe.hset(key, "again", "1")
                     pipe.execute()
                     return QueuedJob(host, current["job"], duplicate=True)
@@ -247,8 +252,28 @@ def release_work(redis: Redis, host: str, reference: str, job_id: str) -> None:
 
 
 def is_work_running(redis: Redis, host: str, reference: str) -> bool:
-    """Whether a job of ``host`` is converging ``reference`` right now."""
-    return _text(redis.hget(work_key(host, reference), "state") or b"") == "running"
+    """Whether a job of ``host`` is converging ``reference`` right now (in a live worker)."""
+    current = _read_work(redis, work_key(host, reference))
+    return current.get("state") == "running" and job_liveness(redis, current["job"]) == "running"
+
+
+def job_liveness(redis: Any, job_id: str) -> str:
+    """Where job ``job_id`` stands: ``running`` (started, and the worker that took it still
+    beats), ``pending`` (queued, or waiting for a retry or its schedule), or ``gone`` (ended,
+    deleted, or its work-horse or worker died). ``redis`` may be a watching pipeline."""
+    status, worker = redis.hmget(Job.key_for(job_id), "status", "worker_name")
+    status = _text(status or b"")
+    if status in ("queued", "scheduled", "deferred"):
+        return "pending"
+    if status == "started" and worker:
+        alive = redis.exists(Worker.redis_worker_namespace_prefix + _text(worker))
+        return "running" if alive else "gone"
+    return "gone"
+
+
+def job_is_alive(redis: Redis, job_id: str) -> bool:
+    """Whether job ``job_id`` runs now in a worker that still beats (for lock holders)."""
+    return job_liveness(redis, job_id) == "running"
 
 
 def request_reconcile(

@@ -4,8 +4,8 @@ and reference that hints join, the desired state a job reads, hosts forgotten fo
 import time
 
 import pytest
-from rq import SimpleWorker
-from rq.job import JobStatus
+from rq import SimpleWorker, Worker
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import workers.jobs
@@ -13,12 +13,15 @@ from workers.desired import get_desired, record_rollback, was_rolled_back
 from workers.events import make_event
 from workers.hosts import forget_host, get_hosts, register_host
 from workers.inventory import get_inventory, publish_inventory
+from workers.locks import LockTimeoutError, RedisUnitLocks
 from workers.queueing import (
     JobOptions,
     NoHostsError,
     finish_work,
     get_queue,
     is_delivery_seen,
+    is_work_running,
+    job_liveness,
     remember_delivery,
     start_work,
     work_key,
@@ -119,9 +122,17 @@ def test_the_job_carries_host_reference_retries_and_ttl(redis):
     assert job.meta["host"] == "a" and job.meta["event"]["digest"] == D1
 
 
+def taken_by_worker(redis, job_id, worker="w1", alive=True):
+    """What RQ records when a worker takes a job: the job started, by a worker that beats."""
+    redis.hset(Job.key_for(job_id), mapping={"status": "started", "worker_name": worker})
+    if alive:
+        redis.hset(Worker.redis_worker_namespace_prefix + worker, "state", "busy")
+
+
 def test_a_hint_for_a_running_job_makes_it_look_again_exactly_once(redis):
     register_host(redis, "a")
     [queued] = dispatch_push(redis, event(D1))
+    taken_by_worker(redis, queued.job_id)
     assert start_work(redis, "a", REFERENCE, queued.job_id, ttl=60)
     [during] = dispatch_push(redis, event(D2))
     assert during.duplicate and during.job_id == queued.job_id
@@ -142,10 +153,55 @@ def test_a_job_waiting_for_its_retry_is_joined(redis):
     assert again.duplicate and again.job_id == queued.job_id
 
 
+def test_a_job_whose_worker_died_holds_the_work_no_longer(redis):
+    register_host(redis, "a")
+    [queued] = dispatch_push(redis, event(D1))
+    taken_by_worker(redis, queued.job_id, worker="gone", alive=False)  # SIGKILLed, key expired
+    start_work(redis, "a", REFERENCE, queued.job_id, ttl=600)
+    assert job_liveness(redis, queued.job_id) == "gone"
+    assert not is_work_running(redis, "a", REFERENCE)
+    [after] = dispatch_push(redis, event(D2))
+    assert not after.duplicate and after.job_id != queued.job_id
+
+
+def test_a_job_whose_work_horse_died_and_waits_for_its_retry_is_joined(redis):
+    register_host(redis, "a")
+    [queued] = dispatch_push(redis, event(D1))
+    taken_by_worker(redis, queued.job_id)
+    start_work(redis, "a", REFERENCE, queued.job_id, ttl=600)
+    redis.hset(Job.key_for(queued.job_id), "status", "scheduled")  # RQ scheduled the retry
+    assert job_liveness(redis, queued.job_id) == "pending"
+    [after] = dispatch_push(redis, event(D2))
+    assert after.duplicate and after.job_id == queued.job_id
+
+
+def test_a_unit_lock_held_by_a_dead_job_is_broken_at_once(redis):
+    alive = {"live-job"}
+    locks = {
+        name: RedisUnitLocks(
+            redis, "a", ttl=600, wait=0.5, holder=name, holder_alive=lambda j: j in alive
+        )
+        for name in ("live-job", "dead-job", "next-job")
+    }
+    with (
+        locks["live-job"].hold("web.service"),
+        pytest.raises(LockTimeoutError),  # a live holder is waited for
+        locks["next-job"].hold("web.service"),
+    ):
+        pass
+    assert not redis.exists(locks["next-job"].key("web.service"))
+    dying = locks["dead-job"].hold("web.service")
+    dying.__enter__()  # taken, then its process dies without releasing it
+    assert locks["next-job"].holder_of("web.service") == "dead-job"
+    with locks["next-job"].hold("web.service"):  # within its 0.5 s wait, not the 600 s TTL
+        assert locks["next-job"].holder_of("web.service") == "next-job"
+
+
 def test_twenty_pushes_in_a_second_make_at_most_two_runs(redis):
     register_host(redis, "a")
     digests = [f"sha256:{index:064x}" for index in range(20)]
     [first] = dispatch_push(redis, event(digests[0]))
+    taken_by_worker(redis, first.job_id)
     start_work(redis, "a", REFERENCE, first.job_id, ttl=60)
     seen = [get_desired(redis, REFERENCE).digest]
     for digest in digests[1:]:
