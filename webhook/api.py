@@ -1,8 +1,11 @@
-"""The admin API: read jobs, hosts and updates; retry or cancel jobs; behind the admin token."""
+"""The admin API: read jobs, hosts and updates; retry or cancel jobs; queue reconciles; behind
+the admin token."""
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import math
 import re
 from datetime import UTC, datetime
@@ -12,10 +15,18 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from redis.exceptions import RedisError
 
-from workers.fleet import describe_hosts, list_updates
+from workers.fleet import (
+    HostSelectionError,
+    UnknownHostError,
+    describe_hosts,
+    list_updates,
+    request_reconciles,
+)
 from workers.joblog import STATES, JobActionError, cancel_job, get_job, list_jobs, retry_job
+from workers.queueing import JobOptions
 from workers.settings import Settings
 
+log = logging.getLogger("podhook.webhook")
 blueprint = Blueprint("api", __name__)
 
 DISABLED = "admin API disabled; set PODHOOK_ADMIN_TOKEN"
@@ -26,10 +37,18 @@ MAX_LIMIT = 1000
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 # Endpoints anyone may read: the description of the API itself.
 PUBLIC_ENDPOINTS = frozenset({"api.openapi"})
+RECONCILE_FIELDS = ("hosts", "all", "dry_run", "rollback")
+RECONCILE_EXAMPLE = '{"hosts": ["web-1"]} or {"all": true}'
+# More names than any fleet has: a longer list is a mistake, refused before Redis is asked.
+MAX_RECONCILE_HOSTS = 1000
 
 
 class QueryError(ValueError):
     """Raised for a query parameter that cannot be read; the message names it."""
+
+
+class BodyError(ValueError):
+    """Raised for a request body that cannot be read; the message names the field."""
 
 
 def _settings() -> Settings:
@@ -80,6 +99,12 @@ def redis_unavailable(error: RedisError) -> Any:
 @blueprint.errorhandler(QueryError)
 def bad_query(error: QueryError) -> Any:
     """400 naming the parameter."""
+    return _error(400, str(error))
+
+
+@blueprint.errorhandler(BodyError)
+def bad_body(error: BodyError) -> Any:
+    """400 naming the field."""
     return _error(400, str(error))
 
 
@@ -203,9 +228,87 @@ def cancel(job_id: str) -> Any:
 
 @blueprint.get("/v1/hosts")
 def hosts() -> Any:
-    """Every registered host with heartbeat age, queue depth, workers, failures and containers."""
+    """Every registered host with heartbeat age, queue depth, workers, failures, containers
+    and problems (containers whose latest report failed)."""
     _query(set())
-    return jsonify([summary.to_dict() for summary in describe_hosts(_redis())])
+    found = describe_hosts(_redis(), stale_after=_settings().host_stale_after)
+    return jsonify([summary.to_dict() for summary in found])
+
+
+def _optional_bool(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BodyError(f"{name}: expected true, false or null, got {json.dumps(value)}")
+    return value
+
+
+def parse_reconcile_body(data: bytes) -> tuple[list[str] | None, bool | None, bool | None]:
+    """The hosts (None for every live host), ``dry_run`` and ``rollback`` of a reconcile
+    request's JSON body.
+
+    Raises BodyError naming the field that is missing, unknown, of the wrong type, or
+    contradicts another.
+    """
+    if not data.strip():
+        raise BodyError(f"body: expected a JSON object such as {RECONCILE_EXAMPLE}")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise BodyError(f"body: not JSON; expected {RECONCILE_EXAMPLE}") from None
+    if not isinstance(body, dict):
+        raise BodyError(f"body: expected a JSON object such as {RECONCILE_EXAMPLE}")
+    for name in body:
+        if name not in RECONCILE_FIELDS:
+            raise BodyError(f"{name}: unknown field; expected one of {list(RECONCILE_FIELDS)}")
+    every = body.get("all", False)
+    if not isinstance(every, bool):
+        raise BodyError(f"all: expected true or false, got {json.dumps(every)}")
+    named = body.get("hosts")
+    if named is not None:
+        if every:
+            raise BodyError("hosts: give hosts or all, not both")
+        if (
+            not isinstance(named, list)
+            or not named
+            or not all(isinstance(host, str) and host.strip() for host in named)
+        ):
+            raise BodyError("hosts: expected a non-empty list of host names")
+        if len(named) > MAX_RECONCILE_HOSTS:
+            raise BodyError(f"hosts: at most {MAX_RECONCILE_HOSTS} names")
+    elif not every:
+        raise BodyError(f"body: name the hosts or ask for all: {RECONCILE_EXAMPLE}")
+    hosts = [host.strip() for host in named] if named is not None else None
+    return hosts, _optional_bool(body, "dry_run"), _optional_bool(body, "rollback")
+
+
+@blueprint.post("/v1/reconcile")
+def reconcile() -> Any:
+    """Queue a reconcile on the hosts named, or on every live host: 202 with each host's job.
+
+    404 naming unknown hosts and 409 naming stale ones (nothing queued then); 400 for a body
+    that cannot be read.
+    """
+    _query(set())
+    hosts, dry_run, rollback = parse_reconcile_body(request.get_data(cache=False))
+    settings = _settings()
+    try:
+        requested = request_reconciles(
+            _redis(),
+            hosts,
+            stale_after=settings.host_stale_after,
+            options=JobOptions.from_settings(settings),
+            dry_run=dry_run,
+            rollback=rollback,
+        )
+    except HostSelectionError as error:
+        status = 404 if isinstance(error, UnknownHostError) else 409
+        return _error(status, str(error), hosts=error.reasons)
+    log.info(
+        "reconcile asked for %s: %s",
+        "every live host" if hosts is None else "hosts",
+        ", ".join(f"{q.host}={q.job_id}" for q in requested.queued),
+    )
+    return jsonify(requested.to_dict()), 202
 
 
 @blueprint.get("/v1/updates")

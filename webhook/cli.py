@@ -13,7 +13,8 @@ from typing import Any, cast
 import click
 from werkzeug.datastructures import Headers
 
-from workers.settings import Settings, SettingsError, load_settings, redact_url
+from workers.redis_connection import describe as describe_redis
+from workers.settings import Settings, SettingsError, load_settings
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -48,6 +49,7 @@ def serve(bind: str | None, web_workers: int | None) -> None:
     from webhook.app import create_app
 
     create_app(settings)  # fail here, readably, on bad settings rather than in every worker
+    from webhook.serving import gunicorn_options
     from workers.logs import logging_config
 
     # gunicorn configures logging in its master, and its workers inherit that: handed
@@ -60,16 +62,12 @@ def serve(bind: str | None, web_workers: int | None) -> None:
         sys.executable,
         "-m",
         "gunicorn",
-        "--bind",
-        settings.bind,
-        "--workers",
-        str(settings.web_workers),
+        # Threaded workers, a deadline on each request, limits on its head (webhook/serving.py).
+        *gunicorn_options(settings),
         "--access-logfile",
         "-",
         "--log-config-json",
         log_config,
-        "--graceful-timeout",
-        "10",
         "webhook.app:create_app()",
     ]
     os.execv(sys.executable, argv)
@@ -103,7 +101,7 @@ def worker(burst: bool, processes: int, host_id: str | None) -> None:
         else:
             run_pool(settings, processes, burst=burst)
     except RedisError as error:
-        raise click.ClickException(f"Redis at {redact_url(settings.redis_url)}: {error}") from None
+        raise click.ClickException(f"Redis at {describe_redis(settings)}: {error}") from None
 
 
 @main.command()
@@ -246,7 +244,7 @@ def jobs(
                 record.id,
                 record.host,
                 record.state,
-                _reference(record.event),
+                _subject(record),
                 (record.event.get("digest") or "-")[:19],
                 record.enqueued_at.strftime("%Y-%m-%d %H:%M:%S") if record.enqueued_at else "-",
                 _outcome(record),
@@ -257,6 +255,17 @@ def jobs(
 
 def _reference(event: dict[str, Any]) -> str:
     return f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+
+
+def _subject(record: Any) -> str:
+    """What a job is about: the pushed reference, or the reconcile of every container."""
+    from workers.fleet import is_reconcile_job
+
+    if is_reconcile_job(record):
+        return "(reconcile: every labeled container)"
+    if record.event:
+        return _reference(record.event)
+    return str((record.report or {}).get("reference") or "-")
 
 
 def _outcome(record: Any) -> str:
@@ -290,9 +299,12 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     click.echo(f"job       {record.id}")
     click.echo(f"host      {record.host}")
     click.echo(f"state     {record.state}")
-    click.echo(f"push      {_reference(event)}")
-    click.echo(f"digest    {event.get('digest') or '(not given by the sender)'}")
-    click.echo(f"source    {event.get('source') or '-'} delivery {event.get('delivery') or '-'}")
+    click.echo(f"push      {_subject(record)}")
+    if event:
+        click.echo(f"digest    {event.get('digest') or '(not given by the sender)'}")
+        click.echo(
+            f"source    {event.get('source') or '-'} delivery {event.get('delivery') or '-'}"
+        )
     if delivery:
         click.echo(
             f"received  {_clock(delivery.get('received_at'))} at endpoint "
@@ -387,7 +399,10 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
         return
     from workers.fleet import describe_hosts
 
-    found = _with_redis(_settings(), describe_hosts)
+    settings = _settings()
+    found = _with_redis(
+        settings, lambda r: describe_hosts(r, stale_after=settings.host_stale_after)
+    )
     if as_json:
         click.echo(json.dumps([host.to_dict() for host in found], indent=2))
     elif not found:
@@ -439,15 +454,20 @@ def _print_hosts(found: list[Any]) -> None:
     help="How many recent updates and failures to show.",
 )
 def status(as_json: bool, recent: int) -> None:
-    """One screen: Redis, hosts, queue depths, the last updates and failures.
+    """One screen: Redis, hosts, their problems, queue depths, the last updates and failures.
 
-    Exits 0 when every host is alive and no job has failed among the recent ones, 1 otherwise
-    (and 1 when Redis cannot be reached).
+    A problem is a container whose latest report (a reconcile, a push) failed or rolled back,
+    a misconfigured one for instance, until a later report for it does not. Exits 0 when every
+    host is alive and has no problem, 1 otherwise (and 1 when Redis cannot be reached).
     """
     from workers.fleet import describe_fleet
 
-    fleet = _with_redis(_settings(), lambda r: describe_fleet(r, recent=recent))
-    healthy = not fleet.failures and not any(host.stale for host in fleet.hosts)
+    settings = _settings()
+    fleet = _with_redis(
+        settings,
+        lambda r: describe_fleet(r, stale_after=settings.host_stale_after, recent=recent),
+    )
+    healthy = all(host.healthy for host in fleet.hosts)
     if as_json:
         click.echo(json.dumps({**fleet.to_dict(), "healthy": healthy}, indent=2))
         sys.exit(0 if healthy else 1)
@@ -463,6 +483,19 @@ def status(as_json: bool, recent: int) -> None:
     }
     for queue, depth in sorted(orphans.items()):
         click.echo(f"queue     {queue}: {depth} waiting, no registered host")
+    click.echo("\nproblems")
+    problems = [problem for host in fleet.hosts for problem in host.problems]
+    stale = [host for host in fleet.hosts if host.stale]
+    if not problems and not stale:
+        click.echo("  none")
+    for host in stale:
+        click.echo(f"  {host.host}: stale, no heartbeat for {host.heartbeat_age:.0f}s")
+    for problem in problems:
+        click.echo(
+            f"  {problem.host}: {problem.container} ({problem.unit or 'no unit'}) "
+            f"{problem.state} in {problem.kind} {problem.job or '-'} at {_clock(problem.time)}: "
+            f"{problem.reason}"
+        )
     click.echo("\nrecent updates")
     if not fleet.updates:
         click.echo("  none")
@@ -497,7 +530,9 @@ def status(as_json: bool, recent: int) -> None:
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Check only: rows behind are 'pending'.")
 @click.option(
-    "--rollback/--no-rollback", default=True, show_default=True, help="Roll back failed units."
+    "--rollback/--no-rollback",
+    default=None,
+    help="Roll back failed units (default: PODHOOK_ROLLBACK, of each host with --host/--all).",
 )
 @click.option(
     "--format",
@@ -511,7 +546,7 @@ def status(as_json: bool, recent: int) -> None:
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds to wait.")
 def reconcile(
     dry_run: bool,
-    rollback: bool,
+    rollback: bool | None,
     format_: str,
     hosts_: tuple[str, ...],
     all_hosts: bool,
@@ -522,14 +557,18 @@ def reconcile(
     digest differs, a restart per unit, rollback on failure.
 
     Without --host or --all it runs here, on this host's Podman socket and systemd bus (no
-    Redis needed). Exits 0, or 125 when any row failed, printing the errors.
+    Redis needed). With them it goes through the hosts' queues (a plain reconcile joins one
+    already waiting); a host that is not registered or has stopped beating is refused, and
+    --all leaves out stale hosts. Exits 0, or 125 when any row failed, printing the errors.
     """
     from workers.autoupdate_format import FormatError, podman_row, render
 
     settings = _settings(dry_run=dry_run or None, rollback=rollback)
     _setup_logging()
     if hosts_ or all_hosts:
-        reports = _reconcile_through_queues(settings, list(hosts_), all_hosts, dry_run, timeout)
+        reports = _reconcile_through_queues(
+            settings, list(hosts_), all_hosts, dry_run or None, rollback, timeout
+        )
     else:
         reports = [_reconcile_here(settings)]
     rows = [
@@ -578,7 +617,7 @@ def _reconcile_here(settings: Settings) -> dict[str, Any]:
             yield
 
     locks: Any = _LocalLocks()
-    if settings.redis_url:
+    if settings.redis_url or settings.redis_sentinels:
         from redis.exceptions import RedisError
 
         from workers.locks import RedisUnitLocks
@@ -603,33 +642,41 @@ def _reconcile_here(settings: Settings) -> dict[str, Any]:
 
 
 def _reconcile_through_queues(
-    settings: Settings, hosts: list[str], all_hosts: bool, dry_run: bool, timeout: float
+    settings: Settings,
+    hosts: list[str],
+    all_hosts: bool,
+    dry_run: bool | None,
+    rollback: bool | None,
+    timeout: float,
 ) -> list[dict[str, Any]]:
     """Queue a reconcile on each host's queue and wait for them, with a progress line each."""
     import time
 
-    from workers.hosts import get_hosts, is_stale
+    from workers.fleet import HostSelectionError, UnknownHostError, request_reconciles
     from workers.joblog import get_job
-    from workers.queueing import JobOptions, request_reconcile
+    from workers.queueing import JobOptions
 
     redis = _redis(settings)
-    known = _with_redis(settings, get_hosts)
-    if all_hosts:
-        hosts = sorted(
-            h for h, beat in known.items() if not is_stale(beat, settings.host_stale_after)
+    try:
+        requested = _with_redis(
+            settings,
+            lambda r: request_reconciles(
+                r,
+                None if all_hosts else hosts,
+                stale_after=settings.host_stale_after,
+                options=JobOptions.from_settings(settings),
+                dry_run=dry_run,
+                rollback=rollback,
+            ),
         )
-    missing = [h for h in hosts if h not in known]
-    if missing:
-        raise click.UsageError(f"no such host: {', '.join(missing)} (see `podhook hosts`)")
-    if not hosts:
-        raise click.ClickException("no live host to reconcile")
-    options = JobOptions.from_settings(settings)
-    queued = {
-        host: request_reconcile(
-            redis, host, options, dry_run=dry_run, rollback=settings.rollback
-        ).job_id
-        for host in hosts
-    }
+    except UnknownHostError as error:
+        raise click.UsageError(f"{error} (see `podhook hosts`)") from None
+    except HostSelectionError as error:
+        raise click.ClickException(str(error)) from None
+    for host, reason in requested.skipped.items():
+        click.echo(f"{host}: left out, {reason}", err=True)
+    queued = {job.host: job.job_id for job in requested.queued}
+    hosts = list(queued)
     reports: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     last: dict[str, str] = {}
@@ -665,7 +712,7 @@ def _with_redis(settings: Settings, action: Any) -> Any:
     try:
         return action(_redis(settings))
     except RedisError as error:
-        raise click.ClickException(f"Redis at {redact_url(settings.redis_url)}: {error}") from None
+        raise click.ClickException(f"Redis at {describe_redis(settings)}: {error}") from None
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:

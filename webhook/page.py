@@ -1,18 +1,39 @@
-"""The status page at ``/``: hosts, their containers, recent updates and failures, for a browser."""
+"""The status page at ``/``: hosts, their containers and problems, reconciles, recent updates
+and failures, for a browser; and its one action, asking hosts to reconcile."""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from redis.exceptions import RedisError
 
 from webhook.api import is_admin_token
-from workers.fleet import describe_hosts, list_updates
+from workers.fleet import (
+    HostSelectionError,
+    describe_hosts,
+    is_reconcile_job,
+    list_reconciles,
+    list_updates,
+    request_reconciles,
+)
 from workers.joblog import list_jobs
+from workers.queueing import JobOptions
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.webhook")
@@ -20,6 +41,7 @@ blueprint = Blueprint("page", __name__)
 
 RECENT_UPDATES = 20
 RECENT_FAILED_JOBS = 10
+RECENT_RECONCILES = 10
 REFRESH_SECONDS = 10
 # The page needs nothing but its own stylesheet and same-origin forms; framing is refused so
 # the logged-in page cannot be clickjacked.
@@ -83,6 +105,23 @@ def _disabled() -> Any:
     return render_template("disabled.html"), 404
 
 
+def csrf_token() -> str:
+    """The session's form token, made on first use: every form that changes something carries
+    it, so another site (even a same-site one the SameSite cookie lets through) cannot post."""
+    token = session.get("csrf")
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def _is_csrf_token(candidate: str | None) -> bool:
+    expected = session.get("csrf")
+    if not isinstance(expected, str) or not expected or not candidate:
+        return False
+    return hmac.compare_digest(candidate.encode(), expected.encode())
+
+
 def _login_form(error: str | None = None, status: int = 200) -> Any:
     return render_template("login.html", error=error), status
 
@@ -97,8 +136,10 @@ def index() -> Any:
     if not session.get("admin"):
         return _login_form()
     redis = current_app.extensions["podhook"]["redis"]
+    notices = get_flashed_messages(with_categories=True)
     try:
-        hosts = describe_hosts(redis)
+        hosts = describe_hosts(redis, stale_after=settings.host_stale_after)
+        reconciles = list_reconciles(redis, limit=RECENT_RECONCILES)
         updates = list_updates(redis, limit=RECENT_UPDATES)
         failed_jobs = list_jobs(redis, state="failed", limit=RECENT_FAILED_JOBS)
     except RedisError as error:
@@ -109,8 +150,12 @@ def index() -> Any:
     return render_template(
         "page.html",
         hosts=hosts,
+        reconciles=reconciles,
         updates=updates,
         failed_jobs=failed_jobs,
+        is_reconcile_job=is_reconcile_job,
+        notices=notices,
+        csrf=csrf_token(),
         refresh=REFRESH_SECONDS,
         generated_at=time.time(),
     )
@@ -128,7 +173,51 @@ def login() -> Any:
         return _login_form("Wrong token.", 401)
     session.clear()
     session["admin"] = True
+    csrf_token()
     return redirect(url_for("page.index"), code=303)
+
+
+@blueprint.post("/reconcile")
+def reconcile() -> Any:
+    """Queue a reconcile of the host named in the form (``host``), or of every live host
+    (``all``), a dry run with ``dry_run``; then back to the page, which says what was queued
+    or why nothing was. Needs the session and its form token (403 without it)."""
+    settings = _settings()
+    if not settings.admin_token:
+        return _disabled()
+    if not session.get("admin"):
+        return _login_form("Log in first.", 401)
+    if not _is_csrf_token(request.form.get("csrf")):
+        log.warning(
+            "status page: reconcile without a valid form token from %s", request.remote_addr
+        )
+        return render_template("refused.html"), 403
+    host = request.form.get("host", "").strip()
+    every = request.form.get("all") == "1"
+    if bool(host) == every:
+        return render_template("refused.html", reason="Name one host, or all hosts."), 400
+    dry_run = True if request.form.get("dry_run") == "1" else None
+    what = "Check (dry run)" if dry_run else "Reconcile"
+    try:
+        requested = request_reconciles(
+            current_app.extensions["podhook"]["redis"],
+            None if every else [host],
+            stale_after=settings.host_stale_after,
+            options=JobOptions.from_settings(settings),
+            dry_run=dry_run,
+        )
+    except HostSelectionError as error:
+        flash(f"{what} not queued: {error}", "error")
+    except RedisError as error:
+        log.error("status page: Redis: %s", error)
+        flash(f"{what} not queued: Redis unavailable: {error}", "error")
+    else:
+        for queued in requested.queued:
+            joined = " (joined the one already waiting)" if queued.duplicate else ""
+            flash(f"{what} queued on {queued.host}: {queued.job_id}{joined}", "ok")
+        for skipped, reason in requested.skipped.items():
+            flash(f"{skipped} left out: {reason}", "note")
+    return redirect(url_for("page.index", _anchor="reconciles"), code=303)
 
 
 @blueprint.post("/logout")

@@ -1,8 +1,11 @@
-"""The fleet at a glance: each host's health and containers, and what happened to each push."""
+"""The fleet at a glance: each host's health, problems and containers, what happened to each
+push, and reconciles asked of several hosts at once."""
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,15 +14,43 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from workers import audit
-from workers.hosts import DEFAULT_STALE_AFTER_SECONDS, get_hosts
+from workers.hosts import get_hosts, is_stale
 from workers.inventory import get_inventory
-from workers.joblog import get_job
-from workers.queueing import get_queue, queue_name
+from workers.joblog import JobRecord, get_job, list_jobs
+from workers.queueing import JobOptions, QueuedJob, get_queue, queue_name, request_reconcile
 
 # Audit entries read at most to answer one filtered question: the trail holds up to 100,000
 # entries, and a page that refreshes every 10 s must not read them all.
 AUDIT_SCAN_LIMIT = 5000
 FAILURE_STATES = ("failed", "rolled_back")
+# Reconcile jobs are named by their kind (workers/queueing.py new_job_id); their record holds
+# no push.
+RECONCILE_JOB_PREFIX = "reconcile-"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A container whose newest report row is ``failed`` or ``rolled_back``.
+
+    It stays a problem until a later report (a reconcile, a push) gives that container another
+    state, a later complete reconcile of its host no longer lists it, or the host's current
+    inventory no longer holds it. A misconfigured container (an invalid policy, no
+    PODMAN_SYSTEMD_UNIT label, a ``--rootfs`` container) is one until it is fixed.
+    """
+
+    host: str
+    container: str
+    unit: str | None
+    image: str | None
+    state: str
+    reason: str
+    time: float
+    job: str | None
+    kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -28,26 +59,30 @@ class HostSummary:
 
     ``containers`` is the inventory its workers last published (name, unit, image, image_id,
     policy per container), or None when none is current; ``inventory_error`` says why Podman
-    did not answer when the workers tried.
+    did not answer when the workers tried. ``stale`` is judged against the settings'
+    ``host_stale_after``, as routing judges it; ``problems`` are its containers whose latest
+    report failed.
     """
 
     host: str
     last_heartbeat: float
     heartbeat_age: float
+    stale: bool
     queued: int
     workers: int
     failed: int
     containers: list[dict[str, Any]] | None
     inventory_error: str | None = None
+    problems: list[Problem] = field(default_factory=list)
 
     @property
-    def stale(self) -> bool:
-        """Whether the host's workers missed several heartbeats."""
-        return self.heartbeat_age > DEFAULT_STALE_AFTER_SECONDS
+    def healthy(self) -> bool:
+        """Whether the host's workers beat and none of its containers' latest reports failed."""
+        return not self.stale and not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, with ``stale``."""
-        return {**asdict(self), "stale": self.stale}
+        """A JSON-ready dict, with ``healthy``."""
+        return {**asdict(self), "healthy": self.healthy}
 
 
 @dataclass(frozen=True)
@@ -145,34 +180,96 @@ class FleetStatus:
         }
 
 
-def describe_hosts(redis: Redis, now: float | None = None) -> list[HostSummary]:
-    """Every registered host, by name, with its heartbeat age (seconds before ``now``), queue
-    depth, RQ workers on its queue, failed job count and current inventory.
+def describe_hosts(
+    redis: Redis, *, stale_after: float, now: float | None = None
+) -> list[HostSummary]:
+    """Every registered host, by name, with its heartbeat age (seconds before ``now``), whether
+    it is stale (no heartbeat for ``stale_after`` seconds: pass the settings'
+    ``host_stale_after``, which routing uses), queue depth, RQ workers on its queue, failed job
+    count, current inventory and problems (``find_problems``).
 
     Raises redis.RedisError when Redis fails.
     """
     now = time.time() if now is None else now
+    beats = get_hosts(redis)
+    problems = find_problems(redis, sorted(beats))
     summaries = []
-    for host, beat in sorted(get_hosts(redis).items()):
+    for host, beat in sorted(beats.items()):
         queue = get_queue(redis, host)
         inventory = get_inventory(redis, host)
+        containers = None if inventory is None else inventory.get("containers", [])
+        error = None if inventory is None else inventory.get("error")
+        found = problems.get(host, [])
+        if containers is not None and not error:
+            # The inventory is current: a container it no longer holds is gone or unlabeled.
+            names = {container.get("name") for container in containers}
+            found = [problem for problem in found if problem.container in names]
         summaries.append(
             HostSummary(
                 host=host,
                 last_heartbeat=beat,
                 heartbeat_age=max(0.0, round(now - beat, 1)),
+                stale=is_stale(beat, stale_after, now),
                 queued=queue.count,
                 workers=Worker.count(connection=redis, queue=queue),
                 failed=queue.failed_job_registry.count,
-                containers=None if inventory is None else inventory.get("containers", []),
-                inventory_error=None if inventory is None else inventory.get("error"),
+                containers=containers,
+                inventory_error=error,
+                problems=found,
             )
         )
     return summaries
 
 
+def find_problems(redis: Redis, hosts: Sequence[str]) -> dict[str, list[Problem]]:
+    """The containers of ``hosts`` whose newest report row failed or rolled back, by host,
+    each host's sorted by container name.
+
+    Reads the job outcomes of the audit trail newest first (at most AUDIT_SCAN_LIMIT): the
+    first row seen for a container decides, and a host's newest complete reconcile (one that
+    could list its containers) decides for every container it does not list. Raises
+    redis.RedisError when Redis fails.
+    """
+    wanted = set(hosts)
+    decided: dict[str, set[str]] = {host: set() for host in wanted}
+    closed: set[str] = set()  # hosts whose complete reconcile was seen: nothing older counts
+    problems: dict[str, list[Problem]] = {}
+    for entry in audit.read(redis, kind="outcome", limit=AUDIT_SCAN_LIMIT):
+        if closed >= wanted:
+            break
+        data = entry.data
+        host = str(data.get("host", ""))
+        if host not in wanted or host in closed:
+            continue
+        kind = str(data.get("kind") or "converge")
+        for row in data.get("containers", []):
+            name = str(row.get("container_name") or "")
+            if not name or name in decided[host]:
+                continue
+            decided[host].add(name)
+            if row.get("state") in FAILURE_STATES:
+                problems.setdefault(host, []).append(
+                    Problem(
+                        host=host,
+                        container=name,
+                        unit=row.get("unit"),
+                        image=row.get("image"),
+                        state=str(row["state"]),
+                        reason=str(row.get("reason", "")),
+                        time=entry.time,
+                        job=data.get("job"),
+                        kind=kind,
+                    )
+                )
+        if kind == "reconcile" and not data.get("error"):
+            closed.add(host)
+    return {host: sorted(found, key=lambda p: p.container) for host, found in problems.items()}
+
+
 def _outcome_reference(report: dict[str, Any]) -> str:
     event = report.get("event") or {}
+    if not event:
+        return "reconcile" if report.get("kind") == "reconcile" else str(report.get("reference"))
     return f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
 
 
@@ -296,15 +393,18 @@ def list_failures(redis: Redis, *, limit: int = 10) -> list[Failure]:
     return failures
 
 
-def describe_fleet(redis: Redis, *, recent: int = 10, now: float | None = None) -> FleetStatus:
-    """Redis's version and memory, every host (``describe_hosts``), the depth of every podhook
-    queue (also of hosts no longer registered), the last ``recent`` updates and failures.
+def describe_fleet(
+    redis: Redis, *, stale_after: float, recent: int = 10, now: float | None = None
+) -> FleetStatus:
+    """Redis's version and memory, every host (``describe_hosts``, stale after ``stale_after``
+    seconds), the depth of every podhook queue (also of hosts no longer registered), the last
+    ``recent`` updates and failures.
 
     Raises redis.RedisError when Redis fails.
     """
     server = redis.info("server")
     memory = redis.info("memory")
-    hosts = describe_hosts(redis, now=now)
+    hosts = describe_hosts(redis, stale_after=stale_after, now=now)
     queues = {queue_name(summary.host): summary.queued for summary in hosts}
     for queue in Queue.all(connection=redis, serializer=JSONSerializer):
         if queue.name.startswith(queue_name("")) and queue.name not in queues:
@@ -318,3 +418,118 @@ def describe_fleet(redis: Redis, *, recent: int = 10, now: float | None = None) 
         updates=list_updates(redis, limit=recent),
         failures=list_failures(redis, limit=recent),
     )
+
+
+def is_reconcile_job(record: JobRecord) -> bool:
+    """Whether a job is a reconcile (of every labeled container of its host), not a push's."""
+    return record.id.startswith(RECONCILE_JOB_PREFIX)
+
+
+def list_reconciles(redis: Redis, *, host: str | None = None, limit: int = 10) -> list[JobRecord]:
+    """Reconcile jobs of every host (or one), newest first, at most ``limit``, each with its
+    state and, once run, its report (one row per labeled container).
+
+    Raises redis.RedisError when Redis fails.
+    """
+    found = [r for r in list_jobs(redis, host=host, limit=sys.maxsize) if is_reconcile_job(r)]
+    return found[:limit]
+
+
+class HostSelectionError(Exception):
+    """Raised when hosts asked to reconcile cannot take it; nothing was queued.
+
+    ``reasons`` maps each refused host to why.
+    """
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
+class UnknownHostError(HostSelectionError):
+    """Raised when a host named is not registered."""
+
+
+class StaleHostError(HostSelectionError):
+    """Raised when a host named has stopped beating: its queue has no worker to run the job."""
+
+
+class NoLiveHostError(HostSelectionError):
+    """Raised when every host was asked for and none is alive (or none is registered)."""
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    """The reconciles asked for: each host's job (``duplicate`` when it joined the waiting
+    one), and the stale hosts that "every host" left out, with why."""
+
+    queued: list[QueuedJob]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``jobs`` by host (``job``, ``duplicate``) and ``skipped``."""
+        return {
+            "jobs": {q.host: {"job": q.job_id, "duplicate": q.duplicate} for q in self.queued},
+            "skipped": dict(self.skipped),
+        }
+
+
+def _stale_reason(age: float, stale_after: float) -> str:
+    return f"stale: no heartbeat for {age:.0f} s (stale after {stale_after:.0f} s)"
+
+
+def request_reconciles(
+    redis: Redis,
+    hosts: Sequence[str] | None,
+    *,
+    stale_after: float,
+    options: JobOptions | None = None,
+    dry_run: bool | None = None,
+    rollback: bool | None = None,
+    now: float | None = None,
+) -> ReconcileRequest:
+    """Queue a reconcile on each of ``hosts``, or with None on every live host, through their
+    queues (``queueing.request_reconcile``: a plain one joins the reconcile already waiting;
+    one with ``dry_run`` or ``rollback`` is queued on its own, those overriding the host's
+    settings).
+
+    Checks every named host before queuing any: raises UnknownHostError for hosts that are not
+    registered and StaleHostError for hosts whose workers have not beaten for ``stale_after``
+    seconds (the settings' ``host_stale_after``), each with its reason per host; with None,
+    stale hosts are left out (``skipped``) and NoLiveHostError is raised when none is left.
+    Raises redis.RedisError when Redis fails.
+    """
+    now = time.time() if now is None else now
+    beats = get_hosts(redis)
+    skipped: dict[str, str] = {}
+    if hosts is None:
+        chosen = []
+        for host, beat in sorted(beats.items()):
+            if is_stale(beat, stale_after, now):
+                skipped[host] = _stale_reason(now - beat, stale_after)
+            else:
+                chosen.append(host)
+        if not chosen:
+            raise NoLiveHostError(
+                "no live host to reconcile" if beats else "no host registered", skipped
+            )
+    else:
+        chosen = list(dict.fromkeys(hosts))
+        if not chosen:
+            raise HostSelectionError("no host named")
+        unknown = {h: "not registered" for h in chosen if h not in beats}
+        if unknown:
+            raise UnknownHostError(f"no such host: {', '.join(unknown)}", unknown)
+        stale = {
+            h: _stale_reason(now - beats[h], stale_after)
+            for h in chosen
+            if is_stale(beats[h], stale_after, now)
+        }
+        if stale:
+            raise StaleHostError("; ".join(f"{h} is {why}" for h, why in stale.items()), stale)
+    options = options or JobOptions()
+    queued = [
+        request_reconcile(redis, host, options, dry_run=dry_run, rollback=rollback)
+        for host in chosen
+    ]
+    return ReconcileRequest(queued, skipped)

@@ -189,6 +189,7 @@ PROTECTED = [
     ("POST", "/v1/jobs/push-0/cancel"),
     ("GET", "/v1/hosts"),
     ("GET", "/v1/updates"),
+    ("POST", "/v1/reconcile"),
 ]
 
 
@@ -574,7 +575,8 @@ def test_unreachable_redis_is_503():
         redis_url=f"redis://127.0.0.1:{free_port()}/0", admin_token=ADMIN
     ).test_client()
     for method, path in PROTECTED:
-        response = client.open(path, method=method, headers=AUTH)
+        body = json.dumps({"all": True}) if path == "/v1/reconcile" else None
+        response = client.open(path, method=method, headers=AUTH, data=body)
         assert response.status_code == 503 and response.is_json, path
         assert "Redis unavailable" in response.json["error"]
 
@@ -663,14 +665,38 @@ def test_page_with_nothing_registered(client, redis):
 
 def test_describe_hosts_ages_heartbeats_from_now(redis):
     register_host(redis, "host-a", now=1000.0)
-    [summary] = describe_hosts(redis, now=1012.5)
+    [summary] = describe_hosts(redis, stale_after=150, now=1012.5)
     assert summary.heartbeat_age == 12.5 and not summary.stale
-    assert describe_hosts(redis, now=2000.0)[0].stale
+    assert describe_hosts(redis, stale_after=150, now=2000.0)[0].stale
+
+
+def test_staleness_shown_is_the_one_routing_uses(redis):
+    """A host 200 s silent is stale with the default 150 s, alive with host_stale_after=300:
+    shown as routing treats it."""
+    from workers.routing import route_push
+
+    register_host(redis, "host-a", now=1000.0)
+    for stale_after, stale in ((150, True), (300, False)):
+        [summary] = describe_hosts(redis, stale_after=stale_after, now=1200.0)
+        routed = route_push(
+            redis, "r.example.com/app:1", stale_after=stale_after, inventory_max_age=120, now=1200.0
+        )
+        assert summary.stale is stale and routed == ([] if stale else ["host-a"])
+
+
+def test_hosts_staleness_follows_the_host_stale_after_setting(redis_url, redis):
+    register_host(redis, "host-a", now=time.time() - 200)
+    for stale_after, stale in ((150, True), (300, False)):
+        client = create_app(
+            redis_url=redis_url, admin_token=ADMIN, host_stale_after=stale_after
+        ).test_client()
+        [host] = get(client, "/v1/hosts").json
+        assert host["stale"] is stale and host["healthy"] is not stale
 
 
 def test_describe_fleet(client, redis, jobs):
     get_queue(redis, "gone-host").enqueue_call("workers.jobs.apply_push", args=({},))
-    status = describe_fleet(redis, recent=2)
+    status = describe_fleet(redis, stale_after=150, recent=2)
     assert status.redis_version.count(".") == 2 and status.redis_used_memory > 0
     assert [h.host for h in status.hosts] == ["host-a", "host-b"]
     assert status.queues == {"podhook-gone-host": 1, "podhook-host-a": 1, "podhook-host-b": 4}
