@@ -17,6 +17,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from workers import audit, metrics
+from workers.attempts import RedisAttemptJournal
 from workers.desired import get_desired, record_rollback
 from workers.events import PushEvent, make_event
 from workers.handoff import (
@@ -36,6 +37,7 @@ from workers.queueing import (
     JobOptions,
     finish_work,
     job_is_alive,
+    reconcile_soon,
     redis_from_settings,
     release_reconcile,
     release_work,
@@ -84,13 +86,24 @@ def build_updater(
     """An Updater on the real systemd bus of the settings, with ``runtime`` and ``locks``.
 
     With ``job_id`` (a queued job), restarts of units that hold this worker or its Redis are
-    handed to a transient unit and recorded in ``redis`` for the worker to complete."""
+    handed to a transient unit and recorded in ``redis`` for the worker to complete. With
+    ``redis``, each restart is journaled there first, so that an attempt cut short is finished
+    by the next one."""
     units = DBusUnitManager(settings.systemd_bus)
     handoff = None
     if job_id is not None:
         identity = worker_identity(settings)
         handoff = TransientUnitHandoff(units, settings, identity, redis, settings.host_id, job_id)
-    return Updater(runtime, units, locks, UpdateOptions.from_settings(settings), handoff)
+    journal = RedisAttemptJournal(redis, settings.host_id) if redis is not None else None
+    return Updater(
+        runtime,
+        units,
+        locks,
+        UpdateOptions.from_settings(settings),
+        handoff,
+        journal,
+        job_id or "inline",
+    )
 
 
 def _event_for(reference: str, digest: str | None) -> PushEvent:
@@ -308,6 +321,9 @@ def _conclude(
             "; ".join(f"{row.container_name}: {row.state.value}: {row.reason}" for row in lasting)
         )
     if retryable:
+        if not _retries_left(job):
+            # A service stayed down through every retry: the reconcile picks it up soon.
+            reconcile_soon(redis, host, settings.reconcile_interval)
         raise TransientUpdateError("; ".join(row.reason for row in retryable))
     return report
 
@@ -326,6 +342,7 @@ def _report_unreachable(
     report = {**_new_report(host, event, started, []), "error": str(error)}
     _save_report(settings, job, redis, report)
     if not _retries_left(job):
+        reconcile_soon(redis, host, settings.reconcile_interval)
         row = {
             "container_name": "(every container of this host)",
             "unit": None,
@@ -371,7 +388,7 @@ def finish_handoffs(settings: Settings, redis: Redis) -> int:
                 continue  # another worker process of this host completes it
             rows = handoff_rows(handoff, running, transient_failed=state.active_state == "failed")
             _complete_handoff(settings, redis, handoff, rows)
-            units.forget(handoff.transient_unit)
+            units.reset_failed(handoff.transient_unit)
             for unit in handoff.units:
                 locks.release_kept(unit)
             completed += 1

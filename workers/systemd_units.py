@@ -38,6 +38,10 @@ class UnitManager(Protocol):
         """The unit's current state. Raises UnitError."""
         ...
 
+    def reset_failed(self, unit: str) -> None:
+        """Clear the unit's failed state and start limit, so it can be started again."""
+        ...
+
     def start_transient(
         self, unit: str, argv: list[str], environment: dict[str, str], timeout: float
     ) -> None:
@@ -134,8 +138,9 @@ class DBusUnitManager:
         except self._glib.Error as error:
             raise UnitError(f"starting transient unit {unit!r}: {error.message}") from error
 
-    def forget(self, unit: str) -> None:
-        """Let systemd drop a failed transient unit it keeps for inspection (no-op otherwise)."""
+    def reset_failed(self, unit: str) -> None:
+        """``ResetFailedUnit``: clear a failed state and the start limit a crash loop may have
+        hit (a failed transient unit is dropped); nothing when there is nothing to reset."""
         with contextlib.suppress(self._glib.Error):
             self._manager.ResetFailedUnit(unit)
 

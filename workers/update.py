@@ -19,11 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from workers.attempts import Attempt, AttemptJournal, MemoryAttemptJournal
 from workers.events import PushEvent
 from workers.inventory import routed_reference
 from workers.locks import LockTimeoutError, UnitLocks
 from workers.podman_runtime import (
     AUTHFILE_LABEL,
+    AUTOUPDATE_LABEL,
     UNIT_LABEL,
     Container,
     ContainerRuntime,
@@ -148,12 +150,16 @@ class Updater:
         locks: UnitLocks,
         options: UpdateOptions | None = None,
         handoff: RestartHandoff | None = None,
+        journal: AttemptJournal | None = None,
+        job_id: str = "inline",
     ) -> None:
         self.runtime = runtime
         self.units = units
         self.locks = locks
         self.options = options or UpdateOptions()
         self.handoff = handoff
+        self.journal = journal if journal is not None else MemoryAttemptJournal()
+        self.job_id = job_id
 
     # ---------------------------------------------------------------- entry points
 
@@ -173,10 +179,11 @@ class Updater:
         started = time.monotonic()
         outcome = UpdateOutcome()
         members: list[Container] = []
+        settled = self._finish_interrupted(outcome, lambda ref: ref == reference)
         for container in self.runtime.list_autoupdate_containers():
             if routed_reference(container.image_reference, self.options.registry_aliases) != (
                 reference
-            ):
+            ) or (container.name in settled):
                 continue
             problem = configuration_error(container)
             if problem is not None:
@@ -206,7 +213,10 @@ class Updater:
         outcome = UpdateOutcome()
         registry: dict[str, list[Container]] = defaultdict(list)
         local: dict[str, list[Container]] = defaultdict(list)
+        settled = self._finish_interrupted(outcome, lambda ref: True)
         for container in self.runtime.list_autoupdate_containers():
+            if container.name in settled:
+                continue
             problem = configuration_error(container)
             if problem is not None:
                 outcome.rows.append(_row(container, UpdateState.FAILED, problem))
@@ -425,7 +435,26 @@ class Updater:
                         already.append(unit)
                         continue
                     log.info("restarting %s on the new image", unit, extra={"unit": unit})
-                    problem = self._restart_and_verify(unit, expected)
+                    attempt = _attempt_of(unit, self.job_id, pairs)
+                    problem = self._restart_and_verify(unit, expected, attempt)
+                    if problem is None:
+                        self.journal.clear(unit)
+            except _Unverified as unverified:
+                # Restarted, but Podman did not answer to show what runs: neither success nor a
+                # reason to roll back. The journal keeps the attempt; the next one verifies.
+                for u in sorted(by_unit)[index:]:
+                    for container, image in by_unit[u]:
+                        outcome.rows.append(
+                            _row(
+                                container,
+                                UpdateState.FAILED,
+                                str(unverified) if u == unit else f"not restarted: {unverified}",
+                                old=container.image_id,
+                                new=image.id,
+                                retryable=True,
+                            )
+                        )
+                return
             except (LockTimeoutError, ContainerRuntimeError) as error:
                 # Raised before any restart: nothing changed, another attempt may succeed.
                 for container, image in pairs:
@@ -601,23 +630,30 @@ class Updater:
         failed_unit: str,
         problem: str,
     ) -> dict[str, tuple[UpdateState, str]]:
+        for unit in restarted:
+            self.journal.record(_attempt_of(unit, self.job_id, by_unit[unit], "rolling_back"))
         previous = {c.image_reference: c.image_id for pairs in by_unit.values() for c, _ in pairs}
         try:
-            for image_reference, image_id in sorted(previous.items()):
-                self.runtime.tag(image_id, image_reference)
+            self._tag_all(previous)
         except ContainerRuntimeError as error:
             reason = f"{problem}; rollback failed: {error}"
             return {unit: (UpdateState.FAILED, reason) for unit in restarted}
         states: dict[str, tuple[UpdateState, str]] = {}
         for unit in restarted:
+            cause = problem if unit == failed_unit else f"{failed_unit} failed: {problem}"
             try:
                 with self.locks.hold(unit):
+                    self.units.reset_failed(unit)  # a crash loop may have hit its start limit
                     second = self._restart_and_verify(
                         unit, {c.name: c.image_id for c, _ in by_unit[unit]}
                     )
             except LockTimeoutError as error:
                 second = str(error)
-            cause = problem if unit == failed_unit else f"{failed_unit} failed: {problem}"
+            except _Unverified as unverified:
+                # The journal keeps the rollback: the next attempt checks that it held.
+                states[unit] = (UpdateState.FAILED, f"{cause}; rolling back: {unverified}")
+                continue
+            self.journal.clear(unit)
             if second is None:
                 log.warning("%s rolled back to the previous image", unit, extra={"unit": unit})
                 states[unit] = (
@@ -628,15 +664,33 @@ class Updater:
                 states[unit] = (UpdateState.FAILED, f"{cause}; rollback failed: {second}")
         return states
 
-    def _restart_and_verify(self, unit: str, expected_images: dict[str, str]) -> str | None:
-        """Restart the unit and check it stays up on the expected images.
+    def _restart_and_verify(
+        self, unit: str, expected_images: dict[str, str], attempt: Attempt | None = None
+    ) -> str | None:
+        """Restart the unit and check it stays up on the expected images; with ``attempt``,
+        journal each step first.
 
-        Returns None on success, or what went wrong, naming the unit.
+        Returns None on success, or what went wrong, naming the unit. Raises _Unverified when
+        Podman does not answer to show what the unit runs.
         """
+        if attempt is not None:
+            self.journal.record(attempt)
         try:
             result = self.units.restart(unit, self.options.restart_timeout)
-            if result != "done":
-                return f"restarting {unit!r}: job result {result!r}"
+        except UnitError as error:
+            return str(error)
+        if result != "done":
+            return f"restarting {unit!r}: job result {result!r}"
+        if attempt is not None:
+            attempt.phase = "verifying"
+            self.journal.record(attempt)
+        return self._verify(unit, expected_images)
+
+    def _verify(self, unit: str, expected_images: dict[str, str]) -> str | None:
+        """Watch the unit for the settle window (active, not restarted by systemd), then check
+        its containers run the expected images. None when they do, else what went wrong.
+        Raises _Unverified when Podman does not answer."""
+        try:
             # Read after the restart: systemd resets NRestarts when a unit is started by hand.
             before = self.units.get_state(unit).restarts
             # A container that exits right after start still lets the start job finish
@@ -655,7 +709,7 @@ class Updater:
             return str(error)
         running = self._running_images(unit)
         if running is None:
-            return f"checking {unit!r} after the restart: Podman did not answer"
+            raise _Unverified(f"restarted {unit!r}, but Podman did not answer to show what it runs")
         for name, image_id in expected_images.items():
             if running.get(name) != image_id:
                 now = running.get(name)
@@ -667,12 +721,14 @@ class Updater:
         return None
 
     def _running_images(self, unit: str) -> dict[str, str] | None:
-        """Image ids of the unit's running containers by name; None if Podman keeps failing.
+        """Image ids of the unit's running containers by name; None if Podman stays silent.
 
-        Other units restart meanwhile (other workers), so a listing may fail once for reasons
-        that have nothing to do with this unit: it is tried again before giving up.
+        Podman's API may pause for a while (the service restarting, other units restarting
+        meanwhile): a silence is waited out, up to a bound, before giving up on an answer.
         """
-        for attempt in range(3):
+        deadline = time.monotonic() + min(60.0, self.options.restart_timeout)
+        delay = 0.5
+        while True:
             try:
                 return {
                     c.name: c.image_id
@@ -680,9 +736,160 @@ class Updater:
                     if c.unit == unit
                 }
             except ContainerRuntimeError as error:
-                log.warning("listing containers after restarting %s: %s", unit, error)
-                time.sleep(0.5 * (attempt + 1))
-        return None
+                if time.monotonic() + delay > deadline:
+                    log.warning("listing containers of %s: %s; giving up", unit, error)
+                    return None
+                log.warning("listing containers of %s: %s; trying again", unit, error)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _tag_all(self, tags: dict[str, str]) -> None:
+        """Point each reference at its image id, waiting out a short Podman silence.
+        Raises ContainerRuntimeError when Podman stays silent."""
+        deadline = time.monotonic() + min(60.0, self.options.restart_timeout)
+        for image_reference, image_id in sorted(tags.items()):
+            delay = 0.5
+            while True:
+                try:
+                    self.runtime.tag(image_id, image_reference)
+                    break
+                except ContainerRuntimeError:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    # ---------------------------------------------------------------- interrupted updates
+
+    def _finish_interrupted(
+        self, outcome: UpdateOutcome, concerns: Callable[[str], bool]
+    ) -> set[str]:
+        """Finish the journal's updates of units whose references ``concerns`` accepts: an
+        update cut short (a killed worker, a timeout) is verified, kept when the unit is up on
+        the new image, rolled back otherwise. Returns the names of the containers settled, for
+        the caller to leave alone; an update whose restart never happened is cleared only."""
+        settled: set[str] = set()
+        for attempt in self.journal.unfinished():
+            references = {
+                routed_reference(r, self.options.registry_aliases) or r for r in attempt.references
+            }
+            if attempt.job == self.job_id or not any(concerns(r) for r in references):
+                continue
+            try:
+                with self.locks.hold(attempt.unit):
+                    settled |= self._finish_attempt(attempt, outcome)
+            except LockTimeoutError as error:
+                for container in _attempt_containers(attempt):
+                    outcome.rows.append(
+                        _row(container, UpdateState.FAILED, str(error), retryable=True)
+                    )
+                settled |= {c["name"] for c in attempt.containers}
+        return settled
+
+    def _finish_attempt(self, attempt: Attempt, outcome: UpdateOutcome) -> set[str]:
+        unit = attempt.unit
+        old = {c["name"]: c["old"] for c in attempt.containers}
+        new = {c["name"]: c["new"] for c in attempt.containers}
+        containers = _attempt_containers(attempt)
+        names = set(old)
+        cut = f"an update of {unit} was cut short while {attempt.phase}"
+
+        def rows(state: UpdateState, reason: str, retryable: bool = False) -> set[str]:
+            for container in containers:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        state,
+                        reason,
+                        old=old[container.name],
+                        new=new[container.name],
+                        retryable=retryable,
+                    )
+                )
+            return names
+
+        running = self._running_images(unit)
+        if running is None:
+            return rows(UpdateState.FAILED, f"{cut}; Podman did not answer", retryable=True)
+        try:
+            active = self.units.get_state(unit).is_active
+        except UnitError as error:
+            return rows(UpdateState.FAILED, f"{cut}; {error}", retryable=True)
+        on_old = all(running.get(name) == image for name, image in old.items())
+        on_new = all(running.get(name) == image for name, image in new.items())
+        try:
+            if attempt.phase == "restarting" and on_old and active:
+                log.info("%s: the restart never happened; deciding afresh", cut)
+                self.journal.clear(unit)
+                return set()
+            if attempt.phase == "rolling_back" and on_old:
+                if self._verify(unit, old) is None:
+                    self.journal.clear(unit)
+                    return rows(UpdateState.ROLLED_BACK, f"{cut}; the rollback holds")
+            elif on_new and self._verify(unit, new) is None:
+                self.journal.clear(unit)
+                log.info("%s; it is up on the new image", cut, extra={"unit": unit})
+                return rows(UpdateState.UPDATED, f"{cut}; it is up on the new image")
+            if not self.options.rollback:
+                self.journal.clear(unit)
+                return rows(UpdateState.FAILED, f"{cut}; not up on the new image; rollback is off")
+            attempt.phase = "rolling_back"
+            attempt.job = self.job_id
+            self.journal.record(attempt)
+            log.warning("%s; not up on the new image: rolling back", cut, extra={"unit": unit})
+            self._tag_all({c["image"]: c["old"] for c in attempt.containers})
+            self.units.reset_failed(unit)
+            problem = self._restart_and_verify(unit, old)
+        except _Unverified as unverified:
+            return rows(UpdateState.FAILED, f"{cut}; {unverified}", retryable=True)
+        except ContainerRuntimeError as error:
+            return rows(UpdateState.FAILED, f"{cut}; rolling back: {error}", retryable=True)
+        self.journal.clear(unit)
+        if problem is None:
+            return rows(
+                UpdateState.ROLLED_BACK,
+                f"{cut}; it was not up on the new image: rolled back to the previous image",
+            )
+        return rows(UpdateState.FAILED, f"{cut}; rollback failed: {problem}")
+
+
+class _Unverified(Exception):
+    """A restart whose outcome could not be read: Podman did not answer."""
+
+
+def _attempt_of(
+    unit: str, job: str, pairs: list[tuple[Container, Image]], phase: str = "restarting"
+) -> Attempt:
+    return Attempt(
+        unit=unit,
+        job=job,
+        phase=phase,
+        containers=[
+            {
+                "name": c.name,
+                "id": c.id,
+                "image": c.image_reference,
+                "policy": c.policy,
+                "old": c.image_id,
+                "new": image.id,
+            }
+            for c, image in pairs
+        ],
+    )
+
+
+def _attempt_containers(attempt: Attempt) -> list[Container]:
+    """The attempt's containers as they were before it (for report rows)."""
+    return [
+        Container(
+            id=c["id"],
+            name=c["name"],
+            image_reference=c["image"],
+            image_id=c["old"],
+            labels={AUTOUPDATE_LABEL: c["policy"], UNIT_LABEL: attempt.unit},
+        )
+        for c in attempt.containers
+    ]
 
 
 def _row(

@@ -71,6 +71,7 @@ class FakeUnits:
         self.runtime = runtime
         self.recreates = recreates
         self.restarts: list[str] = []
+        self.resets: list[str] = []
         self.broken: set[str] = set()
         self.states: dict[str, UnitState] = {}
 
@@ -87,6 +88,9 @@ class FakeUnits:
 
     def get_state(self, unit: str) -> UnitState:
         return self.states.get(unit, UnitState("active", "running", 0))
+
+    def reset_failed(self, unit: str) -> None:
+        self.resets.append(unit)
 
 
 class FakeLocks:
