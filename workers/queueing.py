@@ -9,6 +9,7 @@ reference join it; while it runs, they mark it to look once more when it ends. T
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from rq import Queue, Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from workers.redis_connection import connect
 from workers.settings import Settings
 
 DELIVERIES_KEY = "podhook:delivery:{endpoint}:{delivery}"
@@ -34,6 +36,11 @@ RETRY_INTERVALS = [10, 30, 90]
 # How long one job may run before RQ stops it: a pull and two restarts with their settle
 # windows per unit, for several units. Per-unit locks live as long, and waits end sooner.
 DEFAULT_JOB_TIMEOUT_SECONDS = 1800
+RECONCILE_TIMER_KEY = "podhook:reconcile-timer:{host}"
+# The periodic reconcile of the hosts of a fleet should not hit a registry all at once.
+RECONCILE_JITTER = 0.1
+# A job that gave up because a service stayed down is picked up by a reconcile this soon.
+RECONCILE_AFTER_GIVING_UP_SECONDS = 120
 # Attempts of the optimistic transaction before a hint gives up (only under heavy contention).
 _WATCH_ATTEMPTS = 20
 
@@ -67,8 +74,8 @@ class JobOptions:
 
 
 def redis_from_settings(settings: Settings) -> Redis:
-    """A Redis client for the configured URL (the local default when none is set)."""
-    return Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+    """A worker's Redis client (workers/redis_connection.py: a URL or a Sentinel primary)."""
+    return connect(settings, role="worker")
 
 
 def queue_name(host: str) -> str:
@@ -338,3 +345,26 @@ def _enqueue_reconcile(
 def release_reconcile(redis: Redis, host: str) -> None:
     """Let the next reconcile of ``host`` be queued (called when one starts)."""
     redis.delete(work_key(host, "*reconcile*"))
+
+
+def reconcile_due(redis: Redis, host: str, interval: float) -> bool:
+    """Whether this host's periodic reconcile is due now; if so, the next one is timed.
+
+    Shared by every worker process of the host through Redis, so one of them queues it.
+    """
+    if interval <= 0:
+        return False
+    seconds = max(1, round(interval * random.uniform(1 - RECONCILE_JITTER, 1 + RECONCILE_JITTER)))
+    return bool(redis.set(RECONCILE_TIMER_KEY.format(host=host), 1, nx=True, ex=seconds))
+
+
+def reconcile_soon(redis: Redis, host: str, interval: float) -> None:
+    """Bring this host's next periodic reconcile forward to at most
+    RECONCILE_AFTER_GIVING_UP_SECONDS from now (nothing when reconciles are off)."""
+    if interval <= 0:
+        return
+    key = RECONCILE_TIMER_KEY.format(host=host)
+    seconds = min(RECONCILE_AFTER_GIVING_UP_SECONDS, round(interval))
+    ttl = redis.ttl(key)
+    if not isinstance(ttl, int) or ttl < 0 or ttl > seconds:
+        redis.set(key, 1, ex=max(1, seconds))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import random
 import signal
 import threading
 import time
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Worker
 from rq.serializers import JSONSerializer
 
@@ -31,6 +31,7 @@ from workers.queueing import (
     JobOptions,
     get_queue,
     is_work_running,
+    reconcile_due,
     redis_from_settings,
     request_convergence,
     request_reconcile,
@@ -42,20 +43,9 @@ log = logging.getLogger("podhook.worker")
 
 # The worker's heartbeat, and so the host's, comes about every WORKER_TTL - 15 seconds.
 WORKER_TTL = 60
-RECONCILE_TIMER_KEY = "podhook:reconcile-timer:{host}"
-# The periodic reconcile of the hosts of a fleet should not hit a registry all at once.
-RECONCILE_JITTER = 0.1
-
-
-def reconcile_due(redis: Redis, host: str, interval: float) -> bool:
-    """Whether this host's periodic reconcile is due now; if so, the next one is timed.
-
-    Shared by every worker process of the host through Redis, so one of them queues it.
-    """
-    if interval <= 0:
-        return False
-    seconds = max(1, round(interval * random.uniform(1 - RECONCILE_JITTER, 1 + RECONCILE_JITTER)))
-    return bool(redis.set(RECONCILE_TIMER_KEY.format(host=host), 1, nx=True, ex=seconds))
+# Abandoned jobs (a killed worker's) are retried, and a dead scheduler is replaced, this often
+# rather than at RQ's ten-minute maintenance.
+MAINTENANCE_SECONDS = 60
 
 
 class HostWorker(Worker):
@@ -79,15 +69,31 @@ class HostWorker(Worker):
         """RQ's heartbeat, plus the host's entry in the fleet, its inventory, and the
         periodic reconcile when due."""
         super().heartbeat(timeout, pipeline)
-        register_host(self.connection, self.host_id)
-        if self.get_state() == "busy":
+        try:
+            register_host(self.connection, self.host_id)
+            self.revive_scheduler()
+            if self.get_state() == "busy":
+                return
+            finish_handoffs_now(self.connection, self.settings)
+            refresh_inventory(self.connection, self.settings)
+            if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
+                request_reconcile(
+                    self.connection, self.host_id, JobOptions.from_settings(self.settings)
+                )
+        except (RedisError, ContainerRuntimeError) as error:
+            # Redis restarting, Podman stopped: RQ's own loop waits them out; so does this.
+            log.warning("heartbeat of host %s: %s", self.host_id, error)
+
+    def revive_scheduler(self) -> None:
+        """Start this worker's RQ scheduler when no live scheduler holds its queue's lock
+        (the one that did died, with Redis restarting say), so delayed jobs and retries run
+        on time instead of after RQ's ten-minute fallback."""
+        scheduler = self.scheduler
+        if scheduler is None:
             return
-        finish_handoffs_now(self.connection, self.settings)
-        refresh_inventory(self.connection, self.settings)
-        if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
-            request_reconcile(
-                self.connection, self.host_id, JobOptions.from_settings(self.settings)
-            )
+        process = scheduler._process  # RQ keeps the scheduler's process there
+        if process is None or not process.is_alive():
+            scheduler.acquire_locks(auto_start=True)
 
 
 def finish_handoffs_now(redis: Redis, settings: Settings) -> bool:
@@ -211,6 +217,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
         serializer=JSONSerializer,
         settings=settings,
         worker_ttl=WORKER_TTL,
+        maintenance_interval=MAINTENANCE_SECONDS,
     )
     watcher = InventoryWatcher(settings) if not burst else None
     if watcher is not None:

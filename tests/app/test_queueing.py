@@ -15,6 +15,7 @@ from workers.hosts import forget_host, get_hosts, register_host
 from workers.inventory import get_inventory, publish_inventory
 from workers.locks import LockTimeoutError, RedisUnitLocks
 from workers.queueing import (
+    RECONCILE_TIMER_KEY,
     JobOptions,
     NoHostsError,
     finish_work,
@@ -22,6 +23,8 @@ from workers.queueing import (
     is_delivery_seen,
     is_work_running,
     job_liveness,
+    reconcile_due,
+    reconcile_soon,
     remember_delivery,
     start_work,
     work_key,
@@ -289,3 +292,12 @@ def test_a_rolled_back_push_is_remembered_per_host_until_the_next_push(redis):
     assert not was_rolled_back(redis, "h2", failed)  # another host did not fail on it
     dispatch_push(redis, event())  # the same digest pushed again: the next push decides
     assert not was_rolled_back(redis, "h1", get_desired(redis, REFERENCE))
+
+
+def test_a_job_that_gave_up_brings_the_next_reconcile_forward(redis):
+    assert reconcile_due(redis, "a", 3600)  # times the next one an hour away
+    assert redis.ttl(RECONCILE_TIMER_KEY.format(host="a")) > 3000
+    reconcile_soon(redis, "a", 3600)
+    assert 0 < redis.ttl(RECONCILE_TIMER_KEY.format(host="a")) <= 120
+    reconcile_soon(redis, "b", 0)  # reconciles off: nothing to bring forward
+    assert not redis.exists(RECONCILE_TIMER_KEY.format(host="b"))
