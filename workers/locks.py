@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +38,26 @@ _DELETE_IF = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``): PIDs compare only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid").replace(":", "")
+    except OSError:
+        return ""
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # Seconds between two looks at a lock held by someone else.
 _POLL = 0.2
 
@@ -82,30 +103,41 @@ class RedisUnitLocks:
         """Remove the unit's lock if it is a kept one (not a worker's lock in hand)."""
         self._delete_if(keys=[self.key(unit)], args=[KEPT])
 
-    def _read(self, key: str) -> tuple[bytes | None, str | None]:
-        """The lock's value, and the job it names as holder (None when none)."""
+    def _read(self, key: str) -> tuple[bytes | None, list[str] | None]:
+        """The lock's value, and its fields when a job holds it: job, token, the holding
+        process's PID namespace and PID."""
         value: bytes | None = self._redis.get(key)  # type: ignore[assignment]
         if value is None or not value.startswith(b"job:"):
             return value, None
-        return value, value.decode().split(":")[1]
+        return value, value.decode().split(":")[1:]
 
     def holder_of(self, unit: str) -> str | None:
         """The job holding the unit's lock, if a job holds it."""
-        return self._read(self.key(unit))[1]
+        fields = self._read(self.key(unit))[1]
+        return fields[0] if fields else None
 
     def _break_if_dead(self, key: str) -> None:
-        value, holder = self._read(key)
-        if holder is None or self._holder_alive is None or self._holder_alive(holder):
+        value, fields = self._read(key)
+        if fields is None or self._holder_alive is None:
             return
-        assert value is not None
-        self._delete_if(keys=[key], args=[value])
+        job, _, namespace, pid = (fields + ["", "", ""])[:4]
+        # The holding process is gone (seen in our own PID namespace), or RQ says its job no
+        # longer runs in a live worker.
+        gone = namespace == _pid_namespace() and pid.isdigit() and not _process_exists(int(pid))
+        if gone or not self._holder_alive(job):
+            assert value is not None
+            self._delete_if(keys=[key], args=[value])
 
     @contextlib.contextmanager
     def hold(self, unit: str) -> Iterator[None]:
         """Hold the unit's lock. Raises LockTimeoutError when it cannot be had in time."""
         key = self.key(unit)
         token = uuid.uuid4().hex
-        value = f"job:{self._holder}:{token}" if self._holder else token
+        value = (
+            f"job:{self._holder}:{token}:{_pid_namespace()}:{os.getpid()}"
+            if self._holder
+            else token
+        )
         deadline = time.monotonic() + self._wait
         while not self._redis.set(key, value, nx=True, px=max(1, int(self._ttl * 1000))):
             self._break_if_dead(key)

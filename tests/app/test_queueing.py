@@ -1,6 +1,8 @@
 """Routing and convergence work on a real Redis: which hosts a push reaches, one job per host
 and reference that hints join, the desired state a job reads, hosts forgotten for good."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -301,3 +303,20 @@ def test_a_job_that_gave_up_brings_the_next_reconcile_forward(redis):
     assert 0 < redis.ttl(RECONCILE_TIMER_KEY.format(host="a")) <= 120
     reconcile_soon(redis, "b", 0)  # reconciles off: nothing to bring forward
     assert not redis.exists(RECONCILE_TIMER_KEY.format(host="b"))
+
+
+def test_a_unit_lock_whose_holding_process_died_is_broken_before_rq_notices(redis, redis_url):
+    # The job still looks alive to RQ (its worker's key lives until its TTL), but the process
+    # that took the lock, in this PID namespace, is gone: a SIGKILLed work-horse.
+    script = (
+        "import os, sys; from redis import Redis; from workers.locks import RedisUnitLocks\n"
+        "locks = RedisUnitLocks(Redis.from_url(sys.argv[1]), 'a', ttl=600, holder='killed')\n"
+        "locks.hold('web.service').__enter__(); os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, redis_url], check=True, timeout=30)
+    locks = RedisUnitLocks(
+        redis, "a", ttl=600, wait=0.5, holder="next", holder_alive=lambda job: True
+    )
+    assert locks.holder_of("web.service") == "killed"
+    with locks.hold("web.service"):  # within its 0.5 s wait, not the 600 s TTL
+        assert locks.holder_of("web.service") == "next"
