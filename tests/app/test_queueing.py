@@ -311,7 +311,7 @@ def test_a_unit_lock_whose_holding_process_died_is_broken_before_rq_notices(redi
     script = (
         "import os, sys; from redis import Redis; from workers.locks import RedisUnitLocks\n"
         "locks = RedisUnitLocks(Redis.from_url(sys.argv[1]), 'a', ttl=600, holder='killed')\n"
-        "locks.hold('web.service').__enter__(); os._exit(0)\n"
+        "held = locks.hold('web.service'); held.__enter__(); os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", script, redis_url], check=True, timeout=30)
     locks = RedisUnitLocks(
