@@ -3,7 +3,6 @@ push, and reconciles asked of several hosts at once."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,12 +15,14 @@ from rq.serializers import JSONSerializer
 from workers import audit
 from workers.hosts import get_hosts, is_stale
 from workers.inventory import get_inventory
-from workers.joblog import JobRecord, get_job, list_jobs
+from workers.joblog import JobRecord, get_job
 from workers.queueing import JobOptions, QueuedJob, get_queue, queue_name, request_reconcile
 
 # Audit entries read at most to answer one filtered question: the trail holds up to 100,000
 # entries, and a page that refreshes every 10 s must not read them all.
 AUDIT_SCAN_LIMIT = 5000
+# Outcomes read first when looking for problems, before all AUDIT_SCAN_LIMIT of them.
+PROBLEM_FIRST_READ = 500
 FAILURE_STATES = ("failed", "rolled_back")
 # Reconcile jobs are named by their kind (workers/queueing.py new_job_id); their record holds
 # no push.
@@ -231,10 +232,26 @@ def find_problems(redis: Redis, hosts: Sequence[str]) -> dict[str, list[Problem]
     redis.RedisError when Redis fails.
     """
     wanted = set(hosts)
+    entries: list[audit.AuditEntry] = []
+    # Most fleets' answer is in the newest outcomes (every host reconciles each interval):
+    # read those first, and the rest only when a host's complete reconcile was not among them.
+    for limit in (PROBLEM_FIRST_READ, AUDIT_SCAN_LIMIT):
+        entries = audit.read(redis, kind="outcome", limit=limit)
+        problems, closed = _problems_in(entries, wanted)
+        if closed >= wanted or len(entries) < limit:
+            break
+    return {host: sorted(found, key=lambda p: p.container) for host, found in problems.items()}
+
+
+def _problems_in(
+    entries: list[audit.AuditEntry], wanted: set[str]
+) -> tuple[dict[str, list[Problem]], set[str]]:
+    """The problems of the ``wanted`` hosts in ``entries`` (newest first), and the hosts whose
+    complete reconcile was among them (nothing older counts for those)."""
     decided: dict[str, set[str]] = {host: set() for host in wanted}
-    closed: set[str] = set()  # hosts whose complete reconcile was seen: nothing older counts
+    closed: set[str] = set()
     problems: dict[str, list[Problem]] = {}
-    for entry in audit.read(redis, kind="outcome", limit=AUDIT_SCAN_LIMIT):
+    for entry in entries:
         if closed >= wanted:
             break
         data = entry.data
@@ -263,7 +280,7 @@ def find_problems(redis: Redis, hosts: Sequence[str]) -> dict[str, list[Problem]
                 )
         if kind == "reconcile" and not data.get("error"):
             closed.add(host)
-    return {host: sorted(found, key=lambda p: p.container) for host, found in problems.items()}
+    return problems, closed
 
 
 def _outcome_reference(report: dict[str, Any]) -> str:
@@ -425,14 +442,41 @@ def is_reconcile_job(record: JobRecord) -> bool:
     return record.id.startswith(RECONCILE_JOB_PREFIX)
 
 
-def list_reconciles(redis: Redis, *, host: str | None = None, limit: int = 10) -> list[JobRecord]:
-    """Reconcile jobs of every host (or one), newest first, at most ``limit``, each with its
-    state and, once run, its report (one row per labeled container).
+def list_reconciles(redis: Redis, *, limit: int = 10) -> list[JobRecord]:
+    """Reconcile jobs of every host, at most ``limit``: those waiting or running, newest first,
+    then those that reported, newest report first, each with its state and report (one row
+    per labeled container).
 
-    Raises redis.RedisError when Redis fails.
+    Reads the queues' waiting and running ids and the audit trail's outcomes, and fetches only
+    the jobs shown, so a page refreshing every 10 s does not load every job kept. Raises
+    redis.RedisError when Redis fails.
     """
-    found = [r for r in list_jobs(redis, host=host, limit=sys.maxsize) if is_reconcile_job(r)]
-    return found[:limit]
+    pending: list[JobRecord] = []
+    for host in sorted(get_hosts(redis)):
+        queue = get_queue(redis, host)
+        for ids in (
+            queue.get_job_ids(),
+            queue.scheduled_job_registry.get_job_ids(),
+            queue.started_job_registry.get_job_ids(),
+        ):
+            for job_id in ids:
+                record = get_job(redis, job_id) if job_id.startswith(RECONCILE_JOB_PREFIX) else None
+                if record is not None:
+                    pending.append(record)
+    pending.sort(key=lambda r: r.enqueued_at.timestamp() if r.enqueued_at else 0.0, reverse=True)
+    found = pending[:limit]
+    seen = {record.id for record in found}
+    for entry in audit.read(redis, kind="outcome", limit=AUDIT_SCAN_LIMIT):
+        if len(found) >= limit:
+            break
+        job_id = str(entry.data.get("job") or "")
+        if entry.data.get("kind") != "reconcile" or not job_id or job_id in seen:
+            continue
+        seen.add(job_id)
+        record = get_job(redis, job_id)
+        if record is not None:
+            found.append(record)
+    return found
 
 
 class HostSelectionError(Exception):

@@ -41,6 +41,7 @@ from workers.fleet import (
     UnknownHostError,
     describe_hosts,
     find_problems,
+    list_reconciles,
     request_reconciles,
 )
 from workers.hosts import register_host
@@ -440,6 +441,9 @@ def test_a_misconfigured_container_fails_the_job_is_told_and_keeps_the_host_unhe
     page = client.get("/").text
     assert 'class="badge state-failing"' in page
     assert NO_UNIT.replace('"', "&#34;") in page
+    reconciles = page.split('id="reconciles"')[1].split("</section>")[0]
+    assert job_id in reconciles and "state-failed" in reconciles
+    assert NO_UNIT.replace('"', "&#34;") in reconciles and "state-unchanged" in reconciles
 
     # Fixed: the next reconcile no longer fails, and the host is healthy again.
     host_a.fix()
@@ -452,7 +456,10 @@ def test_a_misconfigured_container_fails_the_job_is_told_and_keeps_the_host_unhe
     healthy = cli("status")
     assert healthy.exit_code == 0, healthy.output
     assert "problems\n  none" in healthy.output
-    assert "state-failing" not in client.get("/").text
+    page = client.get("/").text
+    assert "state-failing" not in page
+    reconciles = page.split('id="reconciles"')[1].split("</section>")[0]
+    assert reconciles.index(second) < reconciles.index(job_id)  # newest first
     assert len(receiver.requests) == 1  # nothing failed the second time
 
 
@@ -672,3 +679,57 @@ def test_a_new_login_gets_a_new_form_token(client, redis, hosts):
     second = logged_in(client)
     assert first != second
     assert client.post("/reconcile", data={"csrf": first, "host": "host-a"}).status_code == 403
+
+
+def report_reconcile(host: str, *args: Any) -> dict[str, Any]:
+    """A reconcile job's stand-in: saves a reconcile report twice, as a retried job would."""
+    from rq import get_current_job
+
+    from workers.queueing import release_reconcile
+
+    job = get_current_job()
+    release_reconcile(job.connection, host)  # as the real job does when it starts
+    report = {
+        "host": host,
+        "kind": "reconcile",
+        "job": job.id,
+        "containers": [row("web", "unchanged")],
+    }
+    job.meta["report"] = report
+    job.save_meta()
+    for _ in range(2):
+        audit.record(job.connection, "outcome", report, 3600)
+        time.sleep(0.002)
+    return report
+
+
+def test_list_reconciles_waiting_first_then_reported_newest_first(redis, hosts):
+    done = []
+    for host in hosts[:2]:
+        done.append(request_reconciles(redis, [host], stale_after=150).queued[0].job_id)
+        [job] = queued_jobs(redis, host)
+        assert job.args == [host]  # loads the stored call before it is rewritten
+        job.func_name = "tests.app.test_reconcile.report_reconcile"
+        job.save()
+        work(redis, host)
+    outcome(redis, "host-a", "converge", row("web", "updated"))  # not a reconcile
+    waiting = request_reconciles(redis, ["host-a"], stale_after=150).queued[0].job_id
+    found = list_reconciles(redis, limit=10)
+    assert [r.id for r in found] == [waiting, done[1], done[0]]
+    assert [r.state for r in found] == ["queued", "finished", "finished"]
+    assert found[1].report["containers"][0]["container_name"] == "web"
+    assert [r.id for r in list_reconciles(redis, limit=2)] == [waiting, done[1]]
+
+
+def test_problems_older_than_the_first_read_are_found(redis, monkeypatch):
+    import workers.fleet
+
+    monkeypatch.setattr(workers.fleet, "PROBLEM_FIRST_READ", 2)
+    outcome(redis, "host-a", "converge", row("api", "failed"))
+    outcome(redis, "host-a", "reconcile", row("web", "failed"))
+    for _ in range(3):
+        outcome(redis, "host-b", "reconcile", row("db", "unchanged"))
+    assert problems_of(redis) == [("web", "failed")]  # the reconcile decides for api too
+    assert find_problems(redis, ["host-a", "host-b"]) == {
+        "host-a": find_problems(redis, ["host-a"])["host-a"]
+    }
