@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 from workers.settings import Settings
 
@@ -30,9 +31,72 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "
 }
 
 # Webhook URLs may carry the endpoint's secret (/v1/webhooks/<name>/<secret>, ?token=...), and
-# gunicorn's access log prints request lines whole.
-_PATH_SECRET = re.compile(r"(/v1/webhooks/[^/\s?\"]+/)[^\s?\"]+")
-_QUERY_SECRET = re.compile(r"([?&]token=)[^&\s\"]*")
+# gunicorn's access log prints request lines whole, as the client sent them: percent-encoded
+# (dockerhub%2F<secret>, ?%74oken=), with doubled slashes. Every word of a line that could be
+# a URL is decoded and normalized as the app would route it before it is looked at.
+_WORD = re.compile(r"[^\s\"'<>]+")
+_WEBHOOK_PATH = re.compile(r"/webhooks/[^/]*(?P<secret>/.*)$", re.IGNORECASE)
+_SECRET_PARAMS = ("token", "secret")
+# Characters that would break a text line or a terminal, and lone surrogates, which no UTF-8
+# stream can write: each is shown as an escape (\x1b, \u2028, \udc80).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# What JSON leaves unescaped in ensure_ascii=False output of those.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_unsafe(text: str) -> str:
+    """``text`` with control characters, line separators and lone surrogates escaped."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _decoded(text: str, plus: bool = False) -> str:
+    # Decoded until it no longer changes (a few rounds): %252F is still a slash to someone.
+    unquote_once = unquote_plus if plus else unquote
+    for _ in range(4):
+        decoded = unquote_once(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def redact_url(word: str) -> str | None:
+    """``word`` as a decoded, normalized URL with its webhook secrets replaced by ``***``.
+
+    None when it holds none: a path under ``/webhooks/<name>/`` (any case, however encoded,
+    slashes doubled or not) loses what follows the name, and a query parameter whose decoded
+    name is ``token`` or ``secret`` loses its value.
+    """
+    if "/" not in word and "%" not in word and "?" not in word:
+        return None
+    path, mark, query = word.partition("?")
+    path = re.sub(r"/{2,}", "/", _decoded(path).replace("\\", "/"))
+    redacted = False
+    found = _WEBHOOK_PATH.search(path)
+    if found:
+        path = path[: found.start("secret")] + "/***"
+        redacted = True
+    params = []
+    for param in re.split(r"[&;]", query) if mark else []:
+        name, equals, _ = param.partition("=")
+        if equals and _decoded(name, plus=True).strip().lower() in _SECRET_PARAMS:
+            params.append(f"{_decoded(name, plus=True).strip()}=***")
+            redacted = True
+        else:
+            params.append(param)
+    if not redacted:
+        return None
+    return path + (mark + "&".join(params) if mark else "")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every word that is a URL holding a webhook secret redacted (redact_url)."""
+    return _WORD.sub(lambda m: redact_url(m.group()) or m.group(), text)
 
 
 @contextmanager
@@ -77,7 +141,9 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        text = json.dumps(line, default=str, ensure_ascii=False)
+        # Inside JSON strings only, so escaping them keeps the line valid JSON.
+        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class TextFormatter(logging.Formatter):
@@ -85,6 +151,15 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The line's head, its message's control characters escaped (no forged lines)."""
+        record.message = escape_unsafe(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        """The traceback, each of its lines escaped as a message is."""
+        return "\n".join(escape_unsafe(line) for line in super().formatException(ei).split("\n"))
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` and append its known fixed fields in their fixed order."""
@@ -99,16 +174,22 @@ class TextFormatter(logging.Formatter):
 
 def _text_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c == '"' for c in text) else text
+    if not text or any(c.isspace() or c == '"' or not c.isprintable() for c in text):
+        # Quoted and escaped: a value cannot end the line or forge another field.
+        return escape_unsafe(json.dumps(text, ensure_ascii=False))
+    return text
 
 
 class RedactSecrets(logging.Filter):
-    """Replace webhook URL secrets (``/v1/webhooks/<name>/<secret>``, ``?token=``) with ``***``."""
+    """Replace webhook URL secrets (``/v1/webhooks/<name>/<secret>``, ``?token=``) with ``***``.
+
+    However the URL was encoded: see ``redact_url``.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record's message in place when it holds a secret; never drops a record."""
         message = record.getMessage()
-        redacted = _QUERY_SECRET.sub(r"\1***", _PATH_SECRET.sub(r"\1***", message))
+        redacted = redact_secrets(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
