@@ -8,7 +8,10 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
-from redis import Redis
+from redis import ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
 from webhook.endpoints import build_endpoints
@@ -17,6 +20,13 @@ from webhook.sources import get_source, source_names
 from workers.settings import Settings, load_settings
 
 log = logging.getLogger("podhook.webhook")
+
+# Seconds the app waits on one Redis command (and on a connection). A Redis that hangs rather
+# than refuses must still give a delivery its 503 before the sender gives up (Harbor waits
+# 3 s, distribution 5 s); a healthy one answers in a millisecond.
+REDIS_TIMEOUT = 1.0
+# Counting a delivery in the metrics is best effort: it never holds an answer for longer.
+METRICS_TIMEOUT = 0.25
 
 
 def create_app(
@@ -43,13 +53,23 @@ def create_app(
         # Short timeouts: a delivery must get its 503 before the sender (or gunicorn) gives up.
         redis = Redis.from_url(
             settings.redis_url or "redis://127.0.0.1:6379/0",
-            socket_connect_timeout=3,
-            socket_timeout=5,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            # One more try for a connection Redis closed, none for a Redis that hangs.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
 
     app = Flask(__name__)
+    # werkzeug answers //v1/webhooks/<name>/<secret> with a redirect whose Location repeats
+    # the secret: such a path is not found instead.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["podhook"] = {"settings": settings, "redis": redis, "endpoints": endpoints}
+    app.extensions["podhook"] = {
+        "settings": settings,
+        "redis": redis,
+        "metrics_redis": _metrics_client(redis),
+        "endpoints": endpoints,
+    }
     if settings.admin_token:
         # The page's session cookie is signed with a key derived from the admin token, so
         # changing the token logs every browser out.
@@ -83,3 +103,25 @@ def create_app(
             ", ".join(unsecured),
         )
     return app
+
+
+def _metrics_client(redis: Redis) -> Redis:
+    """A client of ``redis``'s server whose commands give up after METRICS_TIMEOUT, untried.
+
+    A client whose pool is not a plain ConnectionPool (Sentinel's follows the primary) is
+    used as it is.
+    """
+    pool = redis.connection_pool
+    if type(pool) is not ConnectionPool:
+        return redis
+    quick = Retry(NoBackoff(), 0)
+    options = {
+        **pool.connection_kwargs,
+        "socket_timeout": METRICS_TIMEOUT,
+        "socket_connect_timeout": METRICS_TIMEOUT,
+        "retry": quick,
+    }
+    return Redis(
+        connection_pool=ConnectionPool(connection_class=pool.connection_class, **options),
+        retry=quick,
+    )

@@ -57,6 +57,7 @@ class Bounds:
 # Every numeric field of Settings has its range here; a test checks that none is missing.
 BOUNDS: Mapping[str, Bounds] = {
     "max_body_bytes": Bounds(1024, 64 * 1024 * 1024, "bytes"),
+    "max_delivery_events": Bounds(1, 10_000, "events"),
     "restart_timeout": Bounds(0, 3600, above_low=True),
     "settle_seconds": Bounds(0, 600),
     "job_retries": Bounds(0, 20, "retries"),
@@ -109,6 +110,9 @@ class Settings:
     authfile: str | None = None
     registry_aliases: dict[str, str] = field(default_factory=dict)
     max_body_bytes: int = 1024 * 1024
+    # A delivery with more events is refused whole (413), before any is queued: queuing them
+    # all would outlast the sender's timeout (Harbor's is 3 s) and be cut half done.
+    max_delivery_events: int = 100
     restart_timeout: float = 120.0
     settle_seconds: float = 5.0
     job_retries: int = 3

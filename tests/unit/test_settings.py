@@ -103,6 +103,7 @@ def test_endpoint_tables_are_checked_at_start(table, named):
 # goes in with the defaults of the others, so it must keep job_timeout above a restart.
 IN_AND_OUT_OF_RANGE = {
     "max_body_bytes": ("4096", ["1023", "0", str(64 * 1024 * 1024 + 1)]),
+    "max_delivery_events": ("10000", ["0", "10001"]),
     "restart_timeout": ("0.5", ["0", "-1", "3600.5", "nan", "inf"]),
     "settle_seconds": ("0", ["-0.1", "601", "nan", "-inf"]),
     "job_retries": ("0", ["-1", "21"]),

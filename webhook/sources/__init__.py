@@ -154,6 +154,26 @@ def clean_digest(value: Any) -> str | None:
     return None
 
 
+# Delivery ids seen: UUIDs, ULIDs, Event Grid and EventBridge ids, ARN-like strings.
+MAX_DELIVERY_ID = 200
+
+
+def clean_delivery_id(value: Any) -> str | None:
+    """A sender's delivery id fit to be a Redis key and a log field, or None.
+
+    The id only keeps a delivery from being queued twice, so one that is not a string of 1 to
+    MAX_DELIVERY_ID printable characters (a lone UTF-16 surrogate, which no Redis key can
+    hold; control characters; a megabyte of text) is dropped rather than refused: the pushes
+    of the delivery still count.
+    """
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not 0 < len(value) <= MAX_DELIVERY_ID or not value.isprintable():
+        return None
+    return value
+
+
 def require(mapping: Any, path: str) -> Any:
     """Follow a dotted path of keys (``event_data.repository.name``) through nested objects.
 
