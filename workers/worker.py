@@ -56,6 +56,7 @@ class HostWorker(Worker):
         # RQ reads dequeue_timeout (below) while it initializes.
         self.settings = settings
         self.host_id = settings.host_id
+        self.main_pid = os.getpid()
         super().__init__(*args, **kwargs)
 
     @property
@@ -89,8 +90,8 @@ class HostWorker(Worker):
         (the one that did died, with Redis restarting say), so delayed jobs and retries run
         on time instead of after RQ's ten-minute fallback."""
         scheduler = self.scheduler
-        if scheduler is None:
-            return
+        if scheduler is None or os.getpid() != self.main_pid:
+            return  # RQ beats from the work-horse too; the scheduler is the worker's child
         process = scheduler._process  # RQ keeps the scheduler's process there
         if process is None or not process.is_alive():
             scheduler.acquire_locks(auto_start=True)
