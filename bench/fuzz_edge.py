@@ -4,8 +4,9 @@ Starts a private redis-server, registers one host, and posts N deliveries throug
 test client: samples from tests/payloads with fields dropped, retyped or replaced by hostile
 strings (lone surrogates, control characters, 70 kB strings), huge arrays, deep nesting, NaN,
 duplicate keys, form and gzip bodies and random bytes; half of them authenticated (signed after
-mutation; a body over the size limit is 413 before it is authenticated). Prints the count of answers per status and source, and the failures: a 5xx, a
-non-JSON answer, or a job queued by a refused or unauthenticated delivery. Exits 1 on any.
+mutation; a body over the size limit is 413 before it is authenticated). Prints the count of
+answers per status and source, and the failures: a 5xx, a non-JSON answer, or a job queued by
+a refused or unauthenticated delivery. Exits 1 on any.
 
     .venv/bin/python bench/fuzz_edge.py [--requests 100000] [--seed 1]
 """
