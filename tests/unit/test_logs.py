@@ -25,6 +25,7 @@ from workers.logs import (
     RedactSecrets,
     TextFormatter,
     log_context,
+    redact_secrets,
     setup_logging,
 )
 from workers.settings import SettingsError, load_settings
@@ -155,6 +156,46 @@ def test_webhook_url_secrets_are_redacted_from_any_line():
     plain = record("delivery endpoint=%s", "quay")
     RedactSecrets().filter(plain)
     assert plain.getMessage() == "delivery endpoint=quay" and plain.args == ("quay",)
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        ("POST /v1/webhooks/hub%2Fhunter2 HTTP/1.1", "POST /v1/webhooks/hub/*** HTTP/1.1"),
+        ("POST /v1%2Fwebhooks/hub/hunter2 HTTP/1.1", "POST /v1/webhooks/hub/*** HTTP/1.1"),
+        ("POST /v1/webhooks/hub/%68unter2 HTTP/1.1", "POST /v1/webhooks/hub/*** HTTP/1.1"),
+        ("POST /v1/webhooks/hub/hunter%252F2 HTTP/1.1", "POST /v1/webhooks/hub/*** HTTP/1.1"),
+        ("POST //v1//webhooks/hub/hunter2 HTTP/1.1", "POST /v1/webhooks/hub/*** HTTP/1.1"),
+        ("POST /V1/WebHooks/hub/hunter2 HTTP/1.1", "POST /V1/WebHooks/hub/*** HTTP/1.1"),
+        (
+            "POST /v1/webhooks/hub?%74oken=hunter2 HTTP/1.1",
+            "POST /v1/webhooks/hub?token=*** HTTP/1.1",
+        ),
+        ("GET /x?a=1&TOKEN=hunter2&b=2", "GET /x?a=1&TOKEN=***&b=2"),
+        ("Location: http://h//v1/webhooks/hub/hunter2", "Location: http:/h/v1/webhooks/hub/***"),
+        ("GET /healthz HTTP/1.1", "GET /healthz HTTP/1.1"),
+        ("POST /v1/webhooks/hub HTTP/1.1", "POST /v1/webhooks/hub HTTP/1.1"),
+    ],
+)
+def test_url_secrets_are_redacted_however_encoded(line, redacted):
+    assert redact_secrets(line) == redacted
+
+
+def test_text_lines_escape_control_characters_and_surrogates():
+    line = record("delivery %s", "a\x1b[31m\nINFO forged\u2028\ud800", delivery="d\x07\ud800")
+    text = TextFormatter().format(line)
+    assert "\n" not in text and "\x1b" not in text and "\ud800" not in text
+    assert "a\\x1b[31m\\x0aINFO forged\\u2028\\ud800" in text
+    assert 'delivery="d\\u0007\\ud800"' in text
+    text.encode("utf-8")  # writable to any UTF-8 stream
+
+
+def test_json_lines_escape_what_json_leaves_raw():
+    line = record("id %s", "\x85\u2028\ud800", delivery="\ud800")
+    text = JsonFormatter().format(line)
+    text.encode("utf-8")
+    assert "\u2028" not in text and "\x85" not in text
+    assert json.loads(text)["msg"] == "id \x85\u2028\ud800"
 
 
 def test_log_format_setting_is_read_and_checked():
