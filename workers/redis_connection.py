@@ -12,6 +12,8 @@ its service manager restarts it). ``confirm_replicated`` is what makes a deliver
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -19,11 +21,15 @@ from typing import Any, Literal, TypeVar
 from redis import Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import SSLConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from workers.settings import Settings, redact_url, split_address
+
+log = logging.getLogger("podhook.redis")
 
 Role = Literal["app", "worker"]
 T = TypeVar("T")
@@ -31,9 +37,16 @@ T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 # Seconds a command keeps being retried while Redis (or the primary) cannot be reached.
-# The app's must fit in a sender's patience; a worker's must outlast a failover (Sentinel's
-# down-after-milliseconds, 30 s in its sample configuration, plus the election).
-RETRY_BUDGET: dict[Role, float] = {"app": 2.0, "worker": 60.0}
+# The app's must fit in a sender's patience (Harbor waits 3 s): a delivery made during a
+# failover gets its 503 and the sender retries it later. A worker's must outlast a failover
+# (Sentinel's down-after-milliseconds, 30 s in its sample configuration, plus the election).
+RETRY_BUDGET: dict[Role, float] = {"app": 1.0, "worker": 60.0}
+# The app retries only connections refused or closed (a primary gone, a failover); a Redis
+# that hangs gets no second wait. Workers retry timeouts too.
+RETRIED_ERRORS: dict[Role, tuple[type[Exception], ...]] = {
+    "app": (RedisConnectionError,),
+    "worker": (RedisConnectionError, RedisTimeoutError, socket.timeout),
+}
 # The app's clients answer or fail fast: a delivery must get its 503 before the sender (or
 # gunicorn) gives up. Workers keep redis-py's defaults (RQ sets the read timeout above its
 # blocking dequeue), with a connect timeout so a primary that vanished is noticed.
@@ -58,15 +71,22 @@ class ReplicationError(RedisError):
 class FailoverRetry(Retry):
     """redis-py's Retry bounded by time rather than by count.
 
-    Retries connection errors and timeouts with exponential backoff (capped at one second)
-    until ``budget`` seconds have passed since the command was first tried. A retry reconnects,
-    and a Sentinel-managed connection asks the sentinels for the primary again when it does.
+    Retries ``errors`` (connection errors, and timeouts for workers) with exponential backoff,
+    capped at one second, until ``budget`` seconds have passed since the command was first
+    tried. A retry reconnects, and a Sentinel-managed connection asks the sentinels for the
+    primary again when it does.
     Bounded by time because redis-py nests these retries (around a command, and around the
     connect inside it): a count would multiply, a deadline does not.
     """
 
-    def __init__(self, budget: float) -> None:
-        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries=-1)
+    def __init__(
+        self,
+        budget: float,
+        errors: tuple[type[Exception], ...] = RETRIED_ERRORS["worker"],
+    ) -> None:
+        super().__init__(
+            ExponentialBackoff(cap=1.0, base=0.05), retries=-1, supported_errors=errors
+        )
         self.budget = budget
 
     def call_with_retry(
@@ -85,6 +105,8 @@ class FailoverRetry(Retry):
                 if is_retryable is not None and not is_retryable(error):
                     raise
                 failures += 1
+                if failures == 1:
+                    log.warning("Redis: %s; retrying for up to %g s", error, self.budget)
                 if with_failure_count:
                     fail(error, failures)
                 else:
@@ -121,7 +143,7 @@ def connect(
     options: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": read_timeout,
-        "retry": FailoverRetry(RETRY_BUDGET[role]),
+        "retry": FailoverRetry(RETRY_BUDGET[role], RETRIED_ERRORS[role]),
     }
     if not settings.redis_sentinels:
         return Redis.from_url(settings.redis_url or DEFAULT_URL, **options)

@@ -69,6 +69,9 @@ BOUNDS: Mapping[str, Bounds] = {
     # Workers beat about every 45 s: under 60 s a host that is working would show stale.
     "host_stale_after": Bounds(60, 24 * 3600),
     "inventory_max_age": Bounds(30, 24 * 3600),
+    "redis_wait_replicas": Bounds(0, 100, "replicas", low_means="no WAIT"),
+    # WAIT's timeout: a delivery waits this long for replicas before it gets its 503.
+    "redis_wait_timeout": Bounds(0, 10, above_low=True),
 }
 
 
@@ -134,6 +137,14 @@ class Settings:
     # Apprise URLs carry their services' tokens: never shown.
     notify_urls: list[str] = field(default_factory=list, repr=False)
     notify_on: frozenset[str] = frozenset({"failed", "rolled_back"})
+    # Redis Sentinel (docs/ha.md): host:port of each sentinel; they name the primary of
+    # redis_master_name, and redis_url then gives only the user, password and database.
+    redis_sentinels: list[str] = field(default_factory=list)
+    redis_master_name: str = "podhook"
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    # Replicas that must hold a delivery's jobs before it is answered 2xx (WAIT); 0: no WAIT.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if self.systemd_bus not in ("system", "user"):
@@ -157,6 +168,7 @@ class Settings:
 
             check_notify_urls(self.notify_urls)
         self._check_numbers()
+        self._check_redis()
 
     def _check_numbers(self) -> None:
         """Raise SettingsError naming the first numeric field outside its bounds."""
@@ -173,6 +185,51 @@ class Settings:
                 f"not {self.job_timeout!r}",
                 setting="job_timeout",
             )
+
+
+    def _check_redis(self) -> None:
+        """Raise SettingsError naming the Redis or Sentinel setting that cannot be used."""
+        sentinels = _parse_list("redis_sentinels", self.redis_sentinels)
+        object.__setattr__(self, "redis_sentinels", sentinels)
+        for address in sentinels:
+            split_address("redis_sentinels", address)
+        if not self.redis_master_name or any(c.isspace() for c in self.redis_master_name):
+            raise SettingsError(
+                f"redis_master_name must be a word, not {self.redis_master_name!r}",
+                setting="redis_master_name",
+            )
+        if not sentinels:
+            if self.redis_sentinel_password:
+                raise SettingsError(
+                    "redis_sentinel_password is set but redis_sentinels is empty",
+                    setting="redis_sentinel_password",
+                )
+            return
+        # The sentinels name the primary: a host in the URL would be silently ignored.
+        if self.redis_url and urlsplit(self.redis_url).hostname:
+            raise SettingsError(
+                "redis_url must not name a host when redis_sentinels is set (the sentinels name "
+                "the primary); give only the user, password and database, as in "
+                f"redis://:password@/0, not {redact_url(self.redis_url)!r}",
+                setting="redis_url",
+            )
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss"):
+            raise SettingsError(
+                "redis_url must be redis:// or rediss:// when redis_sentinels is set, not "
+                f"{redact_url(self.redis_url)!r}",
+                setting="redis_url",
+            )
+
+
+def split_address(name: str, address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a pair; raises SettingsError naming ``name``."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(
+            f"{name}: expected host:port (a port from 1 to 65535), not {address!r}", setting=name
+        )
+    return host, int(port)
 
 
 def _check_number(name: str, value: object, bounds: Bounds, whole: bool) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
 
 from tests.conftest import free_port
 from workers.queueing import redis_from_settings
 from workers.redis_connection import (
+    RETRIED_ERRORS,
     RETRY_BUDGET,
     FailoverRetry,
     confirm_replicated,
@@ -139,3 +141,17 @@ def test_without_wait_replicas_nothing_is_asked_of_redis():
     port = free_port()  # nothing listens: any command would fail
     settings = load_settings({"PODHOOK_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
     assert confirm_replicated(connect(settings, role="app"), settings) == 0
+
+
+def test_the_app_does_not_wait_twice_on_a_redis_that_hangs():
+    calls = []
+
+    def command():
+        calls.append(1)
+        raise RedisTimeoutError("no answer")
+
+    with pytest.raises(RedisTimeoutError):
+        FailoverRetry(budget=30, errors=RETRIED_ERRORS["app"]).call_with_retry(
+            command, lambda error: None
+        )
+    assert len(calls) == 1

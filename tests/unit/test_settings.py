@@ -114,6 +114,8 @@ IN_AND_OUT_OF_RANGE = {
     "reconcile_interval": ("0", ["-5", str(7 * 24 * 3600 + 1)]),
     "host_stale_after": ("60", ["59", "86401"]),
     "inventory_max_age": ("30", ["29", "86401"]),
+    "redis_wait_replicas": ("1", ["-1", "101"]),
+    "redis_wait_timeout": ("0.25", ["0", "-1", "10.5", "nan"]),
 }
 
 
