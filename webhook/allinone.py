@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from workers.settings import Settings, redact_url
+from workers.redis_connection import describe
+from workers.settings import Settings
 
 REDIS_MISSING = (
     "redis-server is not installed and PODHOOK_REDIS_URL is not set; "
@@ -90,14 +91,13 @@ def run_all(settings: Settings) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     env = dict(os.environ)
-    if settings.redis_url:
-        redis_url = settings.redis_url
-        _say(f"using Redis at {redact_url(redis_url)}")
+    if settings.redis_url or settings.redis_sentinels:
+        _say(f"using Redis at {describe(settings)}")  # the children read the same settings
     else:
         process, redis_url = start_private_redis(state_dir)
         children.append(("redis", process))
         _say(f"started a private Redis at {redis_url} (data in {state_dir})")
-    env["PODHOOK_REDIS_URL"] = redis_url
+        env["PODHOOK_REDIS_URL"] = redis_url
     token = _webhook_token(settings, state_dir)
     if token:
         env["PODHOOK_WEBHOOK_TOKEN"] = token

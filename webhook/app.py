@@ -10,13 +10,13 @@ from typing import Any
 from flask import Flask, jsonify
 from redis import ConnectionPool, Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
 from webhook.endpoints import build_endpoints
 from webhook.metrics import register_metrics
 from webhook.sources import get_source, source_names
+from workers.redis_connection import connect
 from workers.settings import Settings, load_settings
 
 log = logging.getLogger("podhook.webhook")
@@ -51,12 +51,8 @@ def create_app(
     )
     if redis is None:
         # Short timeouts: a delivery must get its 503 before the sender (or gunicorn) gives up.
-        redis = Redis.from_url(
-            settings.redis_url or "redis://127.0.0.1:6379/0",
-            socket_connect_timeout=REDIS_TIMEOUT,
-            socket_timeout=REDIS_TIMEOUT,
-            # One more try for a connection Redis closed, none for a Redis that hangs.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        redis = connect(
+            settings, role="app", socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
         )
 
     app = Flask(__name__)
