@@ -773,7 +773,7 @@ class Updater:
             references = {
                 routed_reference(r, self.options.registry_aliases) or r for r in attempt.references
             }
-            if attempt.job == self.job_id or not any(concerns(r) for r in references):
+            if not any(concerns(r) for r in references):
                 continue
             try:
                 with self.locks.hold(attempt.unit):
