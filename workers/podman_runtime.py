@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podman import PodmanClient
-from podman.errors import APIError, NotFound, PodmanError
+from podman.errors import APIError, PodmanError
 
 from workers.authfile import AuthfileError, lookup_credentials
 from workers.reference import InvalidReferenceError, parse_reference
@@ -127,35 +127,26 @@ class PodmanRuntime:
         return response
 
     def list_autoupdate_containers(self) -> list[Container]:
-        """Running containers labeled io.containers.autoupdate, with their own image reference."""
+        """Running containers labeled io.containers.autoupdate, with their own image reference.
+
+        One request, whatever the number of containers: libpod's list names each container's
+        image as it was created (inspect's ``ImageName``, which Podman's own auto-update
+        pulls) and its image id, so no container is inspected.
+        """
         filters = json.dumps({"label": [AUTOUPDATE_LABEL], "status": ["running"]})
         listed = self._call(
             "listing containers", "get", "/containers/json", params={"filters": filters}
         ).json()
-        containers = []
-        for entry in listed:
-            # The list's "Image" may be an id; inspect has the reference the container was
-            # created with, which is what Podman's own auto-update pulls.
-            try:
-                data = self._call(
-                    f"inspecting container {entry['Id'][:12]}",
-                    "get",
-                    f"/containers/{entry['Id']}/json",
-                ).json()
-            except ContainerRuntimeError as error:
-                if isinstance(error.__cause__, NotFound):
-                    continue  # removed since it was listed (a unit restarting elsewhere)
-                raise
-            containers.append(
-                Container(
-                    id=data["Id"],
-                    name=data.get("Name", "").lstrip("/"),
-                    image_reference=data.get("ImageName") or entry.get("Image", ""),
-                    image_id=data["Image"],
-                    labels=dict(data.get("Config", {}).get("Labels") or {}),
-                )
+        return [
+            Container(
+                id=entry["Id"],
+                name=(entry.get("Names") or [""])[0].lstrip("/"),
+                image_reference=entry.get("Image") or "",
+                image_id=entry.get("ImageID") or "",
+                labels=dict(entry.get("Labels") or {}),
             )
-        return containers
+            for entry in listed
+        ]
 
     def get_image(self, name_or_id: str) -> Image:
         """Inspect a local image by name or id."""
