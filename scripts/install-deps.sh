@@ -28,7 +28,7 @@ APT_PACKAGES=(
     podman runc conmon catatonit skopeo uidmap    # containers (crun is refused on hybrid cgroups)
     docker-registry apache2-utils                 # CNCF distribution; htpasswd for its logins
     systemd dbus dbus-user-session                # user manager + session bus for the tests
-    redis-server                                  # RQ's queue
+    redis-server redis-sentinel                   # RQ's queue; Sentinel for tests/integration/test_sentinel.py
     busybox-static                                # root filesystem of the test images
     chromium fonts-dejavu-core                    # the status page test (headless, with text)
     libgirepository1.0-dev libcairo2-dev pkg-config gcc   # PyGObject<3.51 builds from source
