@@ -21,6 +21,7 @@ from webhook.sources import UNKNOWN_REGISTRY, PayloadError, clean_delivery_id, g
 from workers import audit, metrics
 from workers.events import EventError, PushEvent, make_event
 from workers.queueing import JobOptions, NoHostsError, is_delivery_seen, remember_delivery
+from workers.redis_connection import confirm_replicated
 from workers.routing import dispatch_push
 from workers.settings import Settings
 
@@ -246,6 +247,8 @@ def receive(name: str, secret: str | None = None) -> Any:
                     duplicates += 1
                 else:
                     per_host[job.host] += 1
+        # On a replica before 2xx, and before the delivery id is remembered (docs/ha.md).
+        confirm_replicated(redis, settings)
         if parsed.delivery:
             remember_delivery(redis, name, parsed.delivery)
         if events:
