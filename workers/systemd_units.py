@@ -13,6 +13,19 @@ class UnitError(Exception):
     """Raised when systemd cannot be asked; the message names the unit and the operation."""
 
 
+class SystemdUnreachableError(UnitError):
+    """Raised when the bus itself failed (connection closed, no answer in time): whether
+    systemd carried out the call is unknown, unlike a call systemd refused."""
+
+
+def _unit_error(what: str, error: Any) -> UnitError:
+    """UnitError for a GLib error: SystemdUnreachableError when the transport failed (a
+    Gio error), plain UnitError when systemd answered with an error (no such unit, ...)."""
+    unreachable = "g-io-error-quark" in str(getattr(error, "domain", ""))
+    kind = SystemdUnreachableError if unreachable else UnitError
+    return kind(f"{what}: {error.message}")
+
+
 @dataclass(frozen=True)
 class UnitState:
     """A unit's ActiveState and SubState, and how often systemd restarted it by itself."""
@@ -102,7 +115,7 @@ class DBusUnitManager:
             try:
                 job = self._manager.RestartUnit(unit, "replace")
             except self._glib.Error as error:
-                raise UnitError(f"restarting {unit!r}: {error.message}") from error
+                raise _unit_error(f"restarting {unit!r}", error) from error
             context = self._glib.MainContext.default()
             deadline = time.monotonic() + timeout
             while job not in results:
@@ -152,4 +165,4 @@ class DBusUnitManager:
             restarts = int(getattr(proxy, "NRestarts", 0)) if unit.endswith(".service") else 0
             return UnitState(str(proxy.ActiveState), str(proxy.SubState), restarts)
         except self._glib.Error as error:
-            raise UnitError(f"reading the state of {unit!r}: {error.message}") from error
+            raise _unit_error(f"reading the state of {unit!r}", error) from error

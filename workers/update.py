@@ -33,9 +33,9 @@ from workers.podman_runtime import (
     Image,
 )
 from workers.reference import InvalidReferenceError, parse_reference
-from workers.report import ContainerReport, UpdateState
+from workers.report import ContainerReport, UpdateState, lasting_rows, retryable_rows
 from workers.settings import Settings
-from workers.systemd_units import UnitError, UnitManager
+from workers.systemd_units import SystemdUnreachableError, UnitError, UnitManager
 
 log = logging.getLogger("podhook.worker")
 
@@ -96,16 +96,12 @@ class UpdateOutcome:
     @property
     def retryable(self) -> list[ContainerReport]:
         """Failed rows that changed nothing: another attempt may succeed."""
-        return [r for r in self.rows if r.state is UpdateState.FAILED and r.retryable]
+        return retryable_rows(self.rows)
 
     @property
     def lasting(self) -> list[ContainerReport]:
         """Failed or rolled-back rows that another attempt must not repeat on its own."""
-        return [
-            r
-            for r in self.rows
-            if r.state in (UpdateState.FAILED, UpdateState.ROLLED_BACK) and not r.retryable
-        ]
+        return lasting_rows(self.rows)
 
 
 def _go_quote(text: str) -> str:
@@ -677,6 +673,9 @@ class Updater:
             self.journal.record(attempt)
         try:
             result = self.units.restart(unit, self.options.restart_timeout)
+        except SystemdUnreachableError as error:
+            # The restart may or may not have happened: the journal's next attempt looks.
+            raise _Unverified(str(error)) from error
         except UnitError as error:
             return str(error)
         if result != "done":
@@ -705,6 +704,8 @@ class Updater:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(min(0.25, self.options.settle_seconds))
+        except SystemdUnreachableError as error:
+            raise _Unverified(str(error)) from error
         except UnitError as error:
             return str(error)
         running = self._running_images(unit)

@@ -7,7 +7,7 @@ from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.attempts import Attempt, MemoryAttemptJournal
 from workers.podman_runtime import ContainerRuntimeError
 from workers.report import UpdateState
-from workers.systemd_units import UnitState
+from workers.systemd_units import SystemdUnreachableError, UnitState
 from workers.update import UpdateOptions, Updater
 
 REF = "registry.example.com/app:1"
@@ -143,3 +143,23 @@ def test_a_podman_silent_after_a_restart_is_not_a_rollback_and_the_next_attempt_
     outcome = second.converge(REF, D2)
     assert states(outcome) == [("web", UpdateState.UPDATED)]
     assert units.restarts == [UNIT] and journal.unfinished() == []
+
+
+class BusDropsDuringRestart(FakeUnits):
+    """A D-Bus connection that closes while the restart is asked: did systemd get it?"""
+
+    def restart(self, unit, timeout):
+        super().restart(unit, timeout)  # it did, this time
+        raise SystemdUnreachableError(f"restarting {unit!r}: The connection is closed")
+
+
+def test_a_bus_that_drops_during_a_restart_is_not_a_rollback_and_the_next_attempt_looks(runtime):
+    journal = MemoryAttemptJournal()
+    first, units = next_attempt(runtime, journal, BusDropsDuringRestart(runtime))
+    [row] = first.converge(REF, D2).rows
+    assert row.state is UpdateState.FAILED and row.retryable
+    assert runtime.tags[REF] == V2 and units.restarts == [UNIT]  # nothing rolled back
+    assert [a.phase for a in journal.unfinished()] == ["restarting"]
+    second, _ = next_attempt(runtime, journal)
+    assert states(second.converge(REF, D2)) == [("web", UpdateState.UPDATED)]
+    assert journal.unfinished() == []
