@@ -77,18 +77,26 @@ class DBusUnitManager:
     """UnitManager over systemd's D-Bus API (org.freedesktop.systemd1) with pydbus.
 
     ``bus`` is ``system`` (rootful Podman, system units) or ``user`` (rootless Podman, the
-    calling user's manager). Create it in the process that uses it: a D-Bus connection does
+    calling user's manager). It connects on first use, so a job that restarts nothing never
+    loads GLib nor opens the bus. Use it in the process that made it: a D-Bus connection does
     not survive a fork.
     """
 
     def __init__(self, bus: str = "system") -> None:
+        self.bus_name = bus
+        self._connected = False
+
+    def _connect(self) -> None:
+        """Open the bus and subscribe to systemd's signals, once. Raises
+        SystemdUnreachableError."""
+        if self._connected:
+            return
         import pydbus  # noqa: PLC0415  (GLib is loaded only where systemd is used)
         from gi.repository import GLib  # noqa: PLC0415
 
-        self.bus_name = bus
         self._glib = GLib
         try:
-            if bus == "system":
+            if self.bus_name == "system":
                 self._bus = pydbus.SystemBus()
             else:
                 self._bus = pydbus.connect(session_bus_address())
@@ -96,7 +104,10 @@ class DBusUnitManager:
             # Without Subscribe(), systemd does not emit JobRemoved to this client.
             self._manager.Subscribe()
         except GLib.Error as error:
-            raise UnitError(f"connecting to the systemd {bus} bus: {error.message}") from error
+            raise SystemdUnreachableError(
+                f"connecting to the systemd {self.bus_name} bus: {error.message}"
+            ) from error
+        self._connected = True
 
     def restart(self, unit: str, timeout: float) -> str:
         """Call ``RestartUnit(unit, "replace")`` and wait for the job's JobRemoved signal.
@@ -105,6 +116,7 @@ class DBusUnitManager:
         ``dependency`` or ``skipped`` from systemd; ``timeout`` also when no result came within
         ``timeout`` seconds. Raises UnitError when systemd refuses the call (no such unit).
         """
+        self._connect()
         results: dict[str, str] = {}
 
         def on_job_removed(_id: int, job: str, _unit: str, result: str) -> None:
@@ -134,6 +146,7 @@ class DBusUnitManager:
         subject to systemd's variable substitution) with ``environment``, stopped by systemd
         after ``timeout`` seconds. Its processes live in its own cgroup, so restarting any
         other unit does not touch them."""
+        self._connect()
         variant = self._glib.Variant
         properties = [
             ("Description", variant("s", f"podhook: {' '.join(argv[:1])} ({unit})")),
@@ -154,11 +167,13 @@ class DBusUnitManager:
     def reset_failed(self, unit: str) -> None:
         """``ResetFailedUnit``: clear a failed state and the start limit a crash loop may have
         hit (a failed transient unit is dropped); nothing when there is nothing to reset."""
+        self._connect()
         with contextlib.suppress(self._glib.Error):
             self._manager.ResetFailedUnit(unit)
 
     def get_state(self, unit: str) -> UnitState:
         """Read ActiveState, SubState and NRestarts of a loaded unit."""
+        self._connect()
         try:
             path = self._manager.LoadUnit(unit)
             proxy: Any = self._bus.get("org.freedesktop.systemd1", path)
