@@ -57,6 +57,17 @@ class Image:
         return f"{repository_name}@{digest}" in self.repo_digests or self.digest == digest
 
 
+@dataclass(frozen=True)
+class Health:
+    """The outcome of running a container's health check once: ``status`` is Podman's
+    (``healthy``, ``unhealthy``, ``starting``), ``check`` the command, ``output`` what the
+    last run printed."""
+
+    status: str
+    check: str
+    output: str = ""
+
+
 class ContainerRuntime(Protocol):
     """What the update logic asks of a container engine."""
 
@@ -74,6 +85,10 @@ class ContainerRuntime(Protocol):
 
     def tag(self, image_id: str, reference: str) -> None:
         """Point ``reference`` at a local image."""
+        ...
+
+    def check_health(self, container: str) -> Health | None:
+        """Run the container's health check once; None when it has none."""
         ...
 
 
@@ -196,3 +211,22 @@ class PodmanRuntime:
             f"/images/{image_id}/tag",
             params={"repo": name, "tag": tag},
         )
+
+    def check_health(self, container: str) -> Health | None:
+        """Run the container's health check now (libpod's ``/healthcheck``), as `podman
+        healthcheck run` does; None when the container has no health check."""
+        data = self._call(
+            f"inspecting container {container}", "get", f"/containers/{container}/json"
+        ).json()
+        test = (data.get("Config") or {}).get("Healthcheck") or {}
+        command = [part for part in test.get("Test") or [] if part not in ("CMD", "CMD-SHELL")]
+        if not command or command == ["NONE"]:
+            return None
+        result = self._call(
+            f"running the health check of {container}",
+            "get",
+            f"/containers/{container}/healthcheck",
+        ).json()
+        log = result.get("Log") or []
+        output = str((log[-1] or {}).get("Output") or "").strip() if log else ""
+        return Health(str(result.get("Status") or "starting"), " ".join(command), output)

@@ -719,7 +719,47 @@ class Updater:
                     f"restarting {unit!r}: container {name!r} runs {shown}, not {image_id[:12]} "
                     "(units must be generated with `podman generate systemd --new` or Quadlet)"
                 )
-        return None
+        return self._wait_healthy(unit, sorted(expected_images))
+
+    def _wait_healthy(self, unit: str, names: list[str]) -> str | None:
+        """Containers that have a health check must report healthy within the restart
+        timeout; those without one are done with the settle window. Runs each check as
+        `podman healthcheck run` does, until it says healthy or unhealthy. None when all are
+        healthy, else what failed, naming the check. Raises _Unverified when Podman stays
+        silent."""
+        deadline = time.monotonic() + self.options.restart_timeout
+        pending = list(names)
+        checks: dict[str, str] = {}
+        silent: ContainerRuntimeError | None = None
+        while True:
+            for name in list(pending):
+                try:
+                    health = self.runtime.check_health(name)
+                except ContainerRuntimeError as error:
+                    silent = error
+                    continue
+                silent = None
+                if health is None or health.status == "healthy":
+                    pending.remove(name)
+                    continue
+                checks[name] = health.check
+                if health.status == "unhealthy":
+                    said = f": {health.output[:300]}" if health.output else ""
+                    return (
+                        f"restarting {unit!r}: container {name!r} is unhealthy: its health "
+                        f"check `{health.check}` failed{said}"
+                    )
+            if not pending:
+                return None
+            if time.monotonic() >= deadline:
+                if silent is not None:
+                    raise _Unverified(f"checking the health of {unit!r}: {silent}")
+                name = pending[0]
+                return (
+                    f"restarting {unit!r}: container {name!r} did not become healthy within "
+                    f"{self.options.restart_timeout:g}s (health check `{checks.get(name, '?')}`)"
+                )
+            time.sleep(_HEALTH_POLL)
 
     def _running_images(self, unit: str) -> dict[str, str] | None:
         """Image ids of the unit's running containers by name; None if Podman stays silent.
@@ -852,6 +892,10 @@ class Updater:
                 f"{cut}; it was not up on the new image: rolled back to the previous image",
             )
         return rows(UpdateState.FAILED, f"{cut}; rollback failed: {problem}")
+
+
+# Seconds between two runs of a container's health check while it is starting.
+_HEALTH_POLL = 1.0
 
 
 class _Unverified(Exception):

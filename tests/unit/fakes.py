@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-from workers.podman_runtime import Container, ContainerRuntimeError, Image
+from workers.podman_runtime import Container, ContainerRuntimeError, Health, Image
 from workers.systemd_units import UnitState
 
 
@@ -20,6 +20,8 @@ class FakeRuntime:
         self.containers: list[Container] = []
         self.pulls: list[str] = []
         self.pull_error: str | None = None
+        # Health check statuses by image id, one per run (the last one repeats).
+        self.health: dict[str, list[str]] = {}
 
     def add_image(self, image_id: str, *repo_digests: str) -> Image:
         image = Image(id=image_id, repo_digests=tuple(repo_digests))
@@ -55,6 +57,14 @@ class FakeRuntime:
 
     def tag(self, image_id: str, reference: str) -> None:
         self.tags[reference] = image_id
+
+    def check_health(self, container: str) -> Health | None:
+        [image_id] = [c.image_id for c in self.containers if c.name == container]
+        statuses = self.health.get(image_id)
+        if not statuses:
+            return None
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return Health(status, "cat /healthy", "" if status == "healthy" else "no /healthy")
 
     def recreate_unit(self, unit: str) -> None:
         """What a `--new` unit's restart does: recreate its containers from their references."""
