@@ -23,6 +23,15 @@ class ContainerRuntimeError(Exception):
     """Raised when the container engine fails; the message names the operation."""
 
 
+class PolicyRefusedError(ContainerRuntimeError):
+    """Raised when a pull is refused by the host's signature policy (containers-policy.json):
+    trying again pulls the same refused image, so it is not a passing failure."""
+
+
+# How containers/image words a refusal by the signature policy (PolicyRequirementError).
+_POLICY_REFUSALS = ("Source image rejected",)
+
+
 @dataclass(frozen=True)
 class Container:
     """A running container as the update logic needs it."""
@@ -194,7 +203,10 @@ class PodmanRuntime:
                 continue
             report = json.loads(line)
             if report.get("error"):
-                raise ContainerRuntimeError(f"pulling {reference}: {report['error']}")
+                message = str(report["error"])
+                refused = any(words in message for words in _POLICY_REFUSALS)
+                kind = PolicyRefusedError if refused else ContainerRuntimeError
+                raise kind(f"pulling {reference}: {message}")
             image_id = report.get("id") or image_id
         if image_id is None:
             raise ContainerRuntimeError(f"pulling {reference}: Podman reported no image")

@@ -31,6 +31,7 @@ from workers.podman_runtime import (
     ContainerRuntime,
     ContainerRuntimeError,
     Image,
+    PolicyRefusedError,
 )
 from workers.reference import InvalidReferenceError, parse_reference
 from workers.report import ContainerReport, UpdateState, lasting_rows, retryable_rows
@@ -318,7 +319,8 @@ class Updater:
                         str(error),
                         old=container.image_id,
                         timings={"finished": elapsed()},
-                        retryable=True,
+                        # The signature policy refuses the same image however often asked.
+                        retryable=not isinstance(error, PolicyRefusedError),
                     )
                 )
                 continue

@@ -5,6 +5,7 @@ import pytest
 from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.events import make_event
 from workers.locks import LockTimeoutError
+from workers.podman_runtime import PolicyRefusedError
 from workers.report import UpdateState
 from workers.systemd_units import UnitState
 from workers.update import UpdateOptions, Updater
@@ -318,3 +319,21 @@ def test_a_rollback_that_cannot_get_the_unit_lock_is_a_failed_row_not_an_excepti
     assert row.state is UpdateState.FAILED and not row.retryable
     assert "rollback failed: unit 'web.service' stayed locked" in row.reason
     assert units.restarts == ["web.service"]
+
+
+def test_a_pull_the_signature_policy_refuses_fails_and_is_not_retried(runtime):
+    runtime.run("web", REF, V1, PODMAN_SYSTEMD_UNIT="web.service")
+
+    def refuse(reference, authfile=None):
+        raise PolicyRefusedError(
+            f"pulling {reference}: Source image rejected: A signature was required, but no "
+            "signature exists"
+        )
+
+    runtime.pull = refuse
+    updater, units = make_updater(runtime)
+    outcome = updater.apply(push())
+    [row] = outcome.rows
+    assert row.state is UpdateState.FAILED and not row.retryable
+    assert "Source image rejected" in row.reason
+    assert outcome.lasting == [row] and units.restarts == []
