@@ -7,14 +7,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from werkzeug.datastructures import Headers
 
 from workers.redis_connection import describe as describe_redis
 from workers.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from workers.report import JobReport
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -265,12 +269,12 @@ def _subject(record: Any) -> str:
         return "(reconcile: every labeled container)"
     if record.event:
         return _reference(record.event)
-    return str((record.report or {}).get("reference") or "-")
+    return record.report.reference if record.report is not None else "-"
 
 
 def _outcome(record: Any) -> str:
-    if record.report:
-        counts = record.report.get("summary", {})
+    if record.report is not None:
+        counts = record.report.summary
         text = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no containers"
     else:
         text = "-"
@@ -310,31 +314,28 @@ def jobs_show(job_id: str, as_json: bool) -> None:
             f"received  {_clock(delivery.get('received_at'))} at endpoint "
             f"{delivery.get('endpoint')}, queued {_clock(delivery.get('queued_at'))}"
         )
-    if record.report:
-        click.echo(
-            f"ran       {_clock(record.report.get('started_at'))} to "
-            f"{_clock(record.report.get('finished_at'))}"
-        )
+    report = record.report
+    if report is not None:
+        click.echo(f"ran       {_clock(report.started_at)} to {_clock(report.finished_at)}")
     if record.error:
         click.echo(f"error     {record.error}")
-    containers = (record.report or {}).get("containers", [])
-    if not containers:
+    if report is None or not report.rows:
         click.echo(
-            "no containers of this host run that image" if record.report else "no report yet"
+            "no containers of this host run that image" if report is not None else "no report yet"
         )
         return
     rows = [("CONTAINER", "UNIT", "STATE", "OLD", "NEW", "TIMINGS", "REASON")]
-    for row in containers:
-        timings = " ".join(f"{step}+{sec:.1f}s" for step, sec in row.get("timings", {}).items())
+    for row in report.rows:
+        timings = " ".join(f"{step}+{sec:.1f}s" for step, sec in row.timings.items())
         rows.append(
             (
-                row["container_name"],
-                row.get("unit") or "-",
-                row["state"],
-                (row.get("old_image") or "-")[:12],
-                (row.get("new_image") or "-")[:12],
+                row.container_name,
+                row.unit or "-",
+                row.state.value,
+                (row.old_image or "-")[:12],
+                (row.new_image or "-")[:12],
                 timings or "-",
-                row["reason"],
+                row.reason,
             )
         )
     _print_table(rows)
@@ -505,11 +506,7 @@ def status(as_json: bool, recent: int) -> None:
             states = (
                 ", ".join(
                     sorted(
-                        {
-                            o.get("state", "?")
-                            for outcome in job.outcomes
-                            for o in outcome.get("containers", [])
-                        }
+                        {row.state.value for outcome in job.outcomes for row in outcome.report.rows}
                     )
                 )
                 or job.state
@@ -562,6 +559,7 @@ def reconcile(
     --all leaves out stale hosts. Exits 0, or 125 when any row failed, printing the errors.
     """
     from workers.autoupdate_format import FormatError, podman_row, render
+    from workers.report import UpdateState
 
     settings = _settings(dry_run=dry_run or None, rollback=rollback)
     _setup_logging()
@@ -572,25 +570,20 @@ def reconcile(
     else:
         reports = [_reconcile_here(settings)]
     rows = [
-        podman_row(row, report["host"] if (hosts_ or all_hosts) else None)
+        podman_row(row.to_dict(), report.host if (hosts_ or all_hosts) else None)
         for report in reports
-        for row in sorted(
-            report.get("containers", []),
-            key=lambda r: (r.get("unit") or "", r.get("container_name", "")),
-        )
+        for row in sorted(report.rows, key=lambda r: (r.unit or "", r.container_name))
     ]
     try:
         text = render(rows, format_) if rows else ""
     except FormatError as error:
         raise click.UsageError(str(error)) from None
     click.echo(text, nl=False)
-    errors = [
-        f"{report['host']}: {report['error']}" for report in reports if report.get("error")
-    ] + [
-        f"{row.get('container_name')}: {row.get('reason')}"
+    errors = [f"{report.host}: {report.error}" for report in reports if report.error] + [
+        f"{row.container_name}: {row.reason}"
         for report in reports
-        for row in report.get("containers", [])
-        if row.get("state") == "failed"
+        for row in report.rows
+        if row.state is UpdateState.FAILED
     ]
     if errors:
         if len(errors) == 1:
@@ -602,13 +595,14 @@ def reconcile(
         sys.exit(125)
 
 
-def _reconcile_here(settings: Settings) -> dict[str, Any]:
+def _reconcile_here(settings: Settings) -> JobReport:
     """Reconcile this host in this process, with Redis locks when Redis answers."""
     import contextlib
+    import time
 
     from workers.jobs import build_updater, registry_lookup
     from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
-    from workers.report import summarize
+    from workers.report import EVERY_REFERENCE, JobReport
     from workers.systemd_units import UnitError
 
     class _LocalLocks:
@@ -626,19 +620,18 @@ def _reconcile_here(settings: Settings) -> dict[str, Any]:
             redis = _redis(settings)
             redis.ping()
             locks = RedisUnitLocks(redis, settings.host_id, ttl=settings.job_timeout)
+    begun = JobReport(
+        host=settings.host_id, kind="reconcile", reference=EVERY_REFERENCE, started_at=time.time()
+    )
     runtime = PodmanRuntime(settings.podman_url)
     try:
         updater = build_updater(settings, runtime, locks)
         outcome = updater.reconcile(registry_lookup(settings))
     except (ContainerRuntimeError, UnitError) as error:
-        return {"host": settings.host_id, "containers": [], "error": str(error)}
+        return replace(begun, finished_at=time.time(), error=str(error))
     finally:
         runtime.close()
-    return {
-        "host": settings.host_id,
-        "containers": [row.to_dict() for row in outcome.rows],
-        "summary": summarize(outcome.rows),
-    }
+    return replace(begun, finished_at=time.time(), rows=tuple(outcome.rows))
 
 
 def _reconcile_through_queues(
@@ -648,13 +641,19 @@ def _reconcile_through_queues(
     dry_run: bool | None,
     rollback: bool | None,
     timeout: float,
-) -> list[dict[str, Any]]:
+) -> list[JobReport]:
     """Queue a reconcile on each host's queue and wait for them, with a progress line each."""
     import time
 
     from workers.fleet import HostSelectionError, UnknownHostError, request_reconciles
     from workers.joblog import get_job
     from workers.queueing import JobOptions
+    from workers.report import EVERY_REFERENCE, JobReport
+
+    def unfinished(host: str, job_id: str, error: str) -> JobReport:
+        return JobReport(
+            host=host, kind="reconcile", reference=EVERY_REFERENCE, job=job_id, error=error
+        )
 
     redis = _redis(settings)
     try:
@@ -677,7 +676,7 @@ def _reconcile_through_queues(
         click.echo(f"{host}: left out, {reason}", err=True)
     queued = {job.host: job.job_id for job in requested.queued}
     hosts = list(queued)
-    reports: dict[str, dict[str, Any]] = {}
+    reports: dict[str, JobReport] = {}
     deadline = time.monotonic() + timeout
     last: dict[str, str] = {}
     while len(reports) < len(queued):
@@ -690,17 +689,15 @@ def _reconcile_through_queues(
                 click.echo(f"{host}: reconcile {job_id} {state}", err=True)
                 last[host] = state
             if state in ("finished", "failed", "stopped", "canceled", "gone"):
-                report = (record.report if record is not None else None) or {
-                    "containers": [],
-                    "error": (record.error if record is not None else None) or f"job {state}",
-                }
-                reports[host] = {**report, "host": host}
+                if record is not None and record.report is not None:
+                    reports[host] = replace(record.report, host=host)
+                else:
+                    why = (record.error if record is not None else None) or f"job {state}"
+                    reports[host] = unfinished(host, job_id, why)
         if len(reports) < len(queued):
             if time.monotonic() > deadline:
-                for host in queued:
-                    reports.setdefault(
-                        host, {"host": host, "containers": [], "error": "timed out waiting"}
-                    )
+                for host, job_id in queued.items():
+                    reports.setdefault(host, unfinished(host, job_id, "timed out waiting"))
                 break
             time.sleep(0.5)
     return [reports[host] for host in hosts]

@@ -17,13 +17,13 @@ from workers.hosts import get_hosts, is_stale
 from workers.inventory import get_inventory
 from workers.joblog import JobRecord, get_job
 from workers.queueing import JobOptions, QueuedJob, get_queue, queue_name, request_reconcile
+from workers.report import FAILURE_STATES, JobReport
 
 # Audit entries read at most to answer one filtered question: the trail holds up to 100,000
 # entries, and a page that refreshes every 10 s must not read them all.
 AUDIT_SCAN_LIMIT = 5000
 # Outcomes read first when looking for problems, before all AUDIT_SCAN_LIMIT of them.
 PROBLEM_FIRST_READ = 500
-FAILURE_STATES = ("failed", "rolled_back")
 # Reconcile jobs are named by their kind (workers/queueing.py new_job_id); their record holds
 # no push.
 RECONCILE_JOB_PREFIX = "reconcile-"
@@ -87,13 +87,30 @@ class HostSummary:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """One attempt of a job: the report its worker saved in the audit trail at ``time``."""
+
+    time: float
+    report: JobReport
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``time``, ``started_at``, ``finished_at``, ``summary`` and one
+        ``containers`` row per container (state, reason, old and new image ids, timings)."""
+        return {
+            "time": self.time,
+            "started_at": self.report.started_at,
+            "finished_at": self.report.finished_at,
+            "summary": self.report.summary,
+            "containers": [row.to_dict() for row in self.report.rows],
+        }
+
+
+@dataclass(frozen=True)
 class UpdateJob:
     """One host's job for a delivered push, with what RQ and the worker say about it.
 
     ``state`` is RQ's (``queued``, ``started``, ``finished``, ``failed``, ...) or None once
-    the job has expired; ``outcomes`` holds the worker's reports, newest attempt first, each
-    with ``time``, ``started_at``, ``finished_at``, ``summary`` and one ``containers`` row per
-    container (state, reason, old and new image ids, timings).
+    the job has expired; ``outcomes`` holds the worker's reports, newest attempt first.
     """
 
     host: str
@@ -103,18 +120,27 @@ class UpdateJob:
     duplicate: bool
     state: str | None
     error: str | None
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
     @property
     def container_states(self) -> list[str]:
         """The states of the latest outcome's rows (empty before any outcome)."""
         if not self.outcomes:
             return []
-        return [row.get("state", "") for row in self.outcomes[0].get("containers", [])]
+        return [row.state.value for row in self.outcomes[0].report.rows]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return asdict(self)
+        return {
+            "host": self.host,
+            "job": self.job,
+            "reference": self.reference,
+            "digest": self.digest,
+            "duplicate": self.duplicate,
+            "state": self.state,
+            "error": self.error,
+            "outcomes": [outcome.to_dict() for outcome in self.outcomes],
+        }
 
 
 @dataclass(frozen=True)
@@ -133,7 +159,8 @@ class Update:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {**asdict(self), "jobs": [job.to_dict() for job in self.jobs]}
+        data = {name: value for name, value in vars(self).items() if name != "jobs"}
+        return {**data, "jobs": [job.to_dict() for job in self.jobs]}
 
 
 @dataclass(frozen=True)
@@ -254,57 +281,46 @@ def _problems_in(
     for entry in entries:
         if closed >= wanted:
             break
-        data = entry.data
-        host = str(data.get("host", ""))
+        report = JobReport.from_dict(entry.data)
+        host = report.host
         if host not in wanted or host in closed:
             continue
-        kind = str(data.get("kind") or "converge")
-        for row in data.get("containers", []):
-            name = str(row.get("container_name") or "")
+        for row in report.rows:
+            name = row.container_name
             if not name or name in decided[host]:
                 continue
             decided[host].add(name)
-            if row.get("state") in FAILURE_STATES:
+            if row.state in FAILURE_STATES:
                 problems.setdefault(host, []).append(
                     Problem(
                         host=host,
                         container=name,
-                        unit=row.get("unit"),
-                        image=row.get("image"),
-                        state=str(row["state"]),
-                        reason=str(row.get("reason", "")),
+                        unit=row.unit,
+                        image=row.image or None,
+                        state=row.state.value,
+                        reason=row.reason,
                         time=entry.time,
-                        job=data.get("job"),
-                        kind=kind,
+                        job=report.job,
+                        kind=report.kind,
                     )
                 )
-        if kind == "reconcile" and not data.get("error"):
+        if report.kind == "reconcile" and report.error is None:
             closed.add(host)
     return problems, closed
 
 
-def _outcome_reference(report: dict[str, Any]) -> str:
-    event = report.get("event") or {}
-    if not event:
-        return "reconcile" if report.get("kind") == "reconcile" else str(report.get("reference"))
-    return f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+def _outcome_reference(report: JobReport) -> str:
+    if report.event is not None:
+        return report.event.reference
+    return "reconcile" if report.kind == "reconcile" else report.reference
 
 
-def _outcomes_by_job(entries: list[audit.AuditEntry]) -> dict[str, list[dict[str, Any]]]:
-    by_job: dict[str, list[dict[str, Any]]] = {}
+def _outcomes_by_job(entries: list[audit.AuditEntry]) -> dict[str, list[Outcome]]:
+    by_job: dict[str, list[Outcome]] = {}
     for entry in entries:  # newest first, as audit.read returns them
-        job_id = entry.data.get("job")
-        if not job_id:
-            continue
-        by_job.setdefault(job_id, []).append(
-            {
-                "time": entry.time,
-                "started_at": entry.data.get("started_at"),
-                "finished_at": entry.data.get("finished_at"),
-                "summary": entry.data.get("summary", {}),
-                "containers": entry.data.get("containers", []),
-            }
-        )
+        report = JobReport.from_dict(entry.data)
+        if report.job:
+            by_job.setdefault(report.job, []).append(Outcome(entry.time, report))
     return by_job
 
 
@@ -390,19 +406,20 @@ def list_failures(redis: Redis, *, limit: int = 10) -> list[Failure]:
     """
     failures: list[Failure] = []
     for entry in audit.read(redis, kind="outcome", limit=AUDIT_SCAN_LIMIT):
-        for row in entry.data.get("containers", []):
-            if row.get("state") not in FAILURE_STATES:
+        report = JobReport.from_dict(entry.data)
+        for row in report.rows:
+            if row.state not in FAILURE_STATES:
                 continue
             failures.append(
                 Failure(
                     time=entry.time,
-                    host=str(entry.data.get("host", "")),
-                    job=entry.data.get("job"),
-                    reference=_outcome_reference(entry.data),
-                    container=str(row.get("container_name", "")),
-                    unit=row.get("unit"),
-                    state=str(row["state"]),
-                    reason=str(row.get("reason", "")),
+                    host=report.host,
+                    job=report.job,
+                    reference=_outcome_reference(report),
+                    container=row.container_name,
+                    unit=row.unit,
+                    state=row.state.value,
+                    reason=row.reason,
                 )
             )
             if len(failures) >= limit:
@@ -469,8 +486,9 @@ def list_reconciles(redis: Redis, *, limit: int = 10) -> list[JobRecord]:
     for entry in audit.read(redis, kind="outcome", limit=AUDIT_SCAN_LIMIT):
         if len(found) >= limit:
             break
-        job_id = str(entry.data.get("job") or "")
-        if entry.data.get("kind") != "reconcile" or not job_id or job_id in seen:
+        report = JobReport.from_dict(entry.data)
+        job_id = report.job or ""
+        if report.kind != "reconcile" or not job_id or job_id in seen:
             continue
         seen.add(job_id)
         record = get_job(redis, job_id)

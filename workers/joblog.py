@@ -15,13 +15,17 @@ from rq.serializers import JSONSerializer
 from workers import audit
 from workers.hosts import get_hosts
 from workers.queueing import get_queue
+from workers.report import JobReport
 
 STATES = ("queued", "started", "scheduled", "finished", "failed")
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as people inspect it: where it ran, what push it was for, and how it ended."""
+    """One job as people inspect it: where it ran, what push it was for, and how it ended.
+
+    ``report`` is what its worker saved, None before one did.
+    """
 
     id: str
     host: str
@@ -29,7 +33,7 @@ class JobRecord:
     event: dict[str, Any]
     enqueued_at: datetime | None
     ended_at: datetime | None
-    report: dict[str, Any] | None
+    report: JobReport | None
     error: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,7 +45,7 @@ class JobRecord:
             "event": self.event,
             "enqueued_at": self.enqueued_at.isoformat() if self.enqueued_at else None,
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-            "report": self.report,
+            "report": self.report.to_dict() if self.report is not None else None,
             "error": self.error,
         }
 
@@ -50,7 +54,7 @@ def _record(job: Job) -> JobRecord:
     status = job.get_status(refresh=False)
     state = status.value if isinstance(status, JobStatus) else str(status)
     result = job.return_value(refresh=False) if state == "finished" else None
-    report = job.meta.get("report") or (result if isinstance(result, dict) else None)
+    stored = job.meta.get("report") or (result if isinstance(result, dict) else None)
     error = None
     if state == "failed":
         latest = job.latest_result()
@@ -62,7 +66,7 @@ def _record(job: Job) -> JobRecord:
         event=job.meta.get("event", {}),
         enqueued_at=job.enqueued_at,
         ended_at=job.ended_at,
-        report=report,
+        report=JobReport.from_dict(stored) if stored else None,
         error=error,
     )
 

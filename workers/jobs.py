@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -45,7 +46,14 @@ from workers.queueing import (
     start_work,
 )
 from workers.reference import parse_reference
-from workers.report import FAILURE_STATES, ContainerReport, summarize
+from workers.report import (
+    EVERY_REFERENCE,
+    FAILURE_STATES,
+    ContainerReport,
+    HandoffInfo,
+    JobReport,
+    lasting_rows,
+)
 from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager, UnitError
 from workers.update import UpdateOptions, UpdateOutcome, Updater
@@ -126,7 +134,7 @@ def converge(host: str, reference: str) -> dict[str, Any]:
     with log_context(job=job_id if job is not None else None, host=host, image=reference):
         start_work(redis, host, reference, job_id, ttl=settings.job_timeout)
         outcome: UpdateOutcome | None = None
-        report: dict[str, Any] = {}
+        report: JobReport | None = None
         try:
             for _ in range(MAX_LOOKS):
                 desired = get_desired(redis, reference)
@@ -165,8 +173,8 @@ def converge(host: str, reference: str) -> dict[str, Any]:
             else:
                 release_work(redis, host, reference, job_id)
             raise
-        assert outcome is not None
-        return _conclude(settings, job, redis, host, outcome, report)
+        assert outcome is not None and report is not None
+        return _conclude(settings, job, redis, report)
 
 
 def reconcile(
@@ -180,7 +188,7 @@ def reconcile(
     job, redis = _context(settings)
     with log_context(job=job.id if job is not None else None, host=host):
         release_reconcile(redis, host)
-        outcome, report = _run(
+        _, report = _run(
             settings,
             job,
             redis,
@@ -188,7 +196,7 @@ def reconcile(
             None,
             lambda updater: updater.reconcile(registry_lookup(settings)),
         )
-        return _conclude(settings, job, redis, host, outcome, report)
+        return _conclude(settings, job, redis, report)
 
 
 def registry_lookup(settings: Settings) -> Any:
@@ -227,7 +235,7 @@ def _run(
     host: str,
     event: PushEvent | None,
     act: Any,
-) -> tuple[UpdateOutcome, dict[str, Any]]:
+) -> tuple[UpdateOutcome, JobReport]:
     runtime = PodmanRuntime(settings.podman_url)
     started = time.time()
     try:
@@ -249,8 +257,8 @@ def _run(
         raise TransientUpdateError(str(error)) from error
     finally:
         runtime.close()
-    report = _new_report(host, event, started, outcome.rows)
-    for row in outcome.rows:
+    report = _new_report(host, job, event, started, outcome.rows)
+    for row in report.rows:
         log.log(
             logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
             "container %s: %s: %s",
@@ -260,60 +268,57 @@ def _run(
             extra={"unit": row.unit, "container": row.container_name, "state": row.state.value},
         )
     _save_report(settings, job, redis, report)
-    metrics.record_outcomes(
-        redis,
-        host,
-        outcome.rows,
-        received_at=event.received_at if event is not None else None,
-        started_at=started,
-    )
+    metrics.record_outcomes(redis, report)
     return outcome, report
 
 
 def _new_report(
-    host: str, event: PushEvent | None, started: float, rows: list[ContainerReport]
-) -> dict[str, Any]:
+    host: str,
+    job: Any,
+    event: PushEvent | None,
+    started: float,
+    rows: list[ContainerReport],
+) -> JobReport:
     """A job's report: what it converged (a push's reference, or ``*`` for a reconcile), when,
-    and one row per container with a count per state."""
-    return {
-        "host": host,
-        "kind": "converge" if event is not None else "reconcile",
-        "reference": event.reference if event is not None else "*",
-        "event": event.to_dict() if event is not None else {},
-        "started_at": started,
-        "finished_at": time.time(),
-        "containers": [row.to_dict() for row in rows],
-        "summary": summarize(rows),
-    }
+    and one row per container."""
+    return JobReport(
+        host=host,
+        kind="converge" if event is not None else "reconcile",
+        reference=event.reference if event is not None else EVERY_REFERENCE,
+        job=job.id if job is not None else None,
+        event=event,
+        started_at=started,
+        finished_at=time.time(),
+        rows=tuple(rows),
+    )
 
 
-def _save_report(settings: Settings, job: Any, redis: Redis, report: dict[str, Any]) -> None:
+def _save_report(settings: Settings, job: Any, redis: Redis, report: JobReport) -> None:
     """Keep the report in the job's meta (where readers look first) and the audit trail."""
+    stored = report.to_dict()
     if job is not None:
-        report["job"] = job.id
-        job.meta["report"] = report
+        job.meta["report"] = stored
         job.save_meta()
-    audit.record(redis, "outcome", report, settings.audit_retention)
+    audit.record(redis, "outcome", stored, settings.audit_retention)
 
 
 def _conclude(
     settings: Settings,
     job: Any,
     redis: Redis,
-    host: str,
-    outcome: UpdateOutcome,
-    report: dict[str, Any],
+    report: JobReport,
 ) -> dict[str, Any]:
-    """Notify, then end the job as its rows say: failed, retried, or done."""
-    lasting, retryable = outcome.lasting, outcome.retryable
+    """Notify, then end the job as its rows say: failed, retried, or done. Returns the report
+    as stored (RQ keeps a job's result as JSON)."""
+    lasting, retryable = report.lasting, report.retryable
     told = report
     if retryable and not lasting and _retries_left(job):
         # RQ tries again: a passing failure is told once, by the attempt that gives up; the
         # other rows (updated, say) are told now.
-        told = {**report, "containers": [r.to_dict() for r in outcome.rows if not r.retryable]}
+        told = replace(report, rows=tuple(r for r in report.rows if r not in retryable))
     sent = notify_outcome(settings, told)
     if sent is not None:
-        metrics.record_notification(redis, host, sent)
+        metrics.record_notification(redis, report.host, sent)
     if lasting:
         if job is not None:
             job.retries_left = 0  # a restart that failed is not retried behind the user's back
@@ -323,9 +328,9 @@ def _conclude(
     if retryable:
         if not _retries_left(job):
             # A service stayed down through every retry: the reconcile picks it up soon.
-            reconcile_soon(redis, host, settings.reconcile_interval)
+            reconcile_soon(redis, report.host, settings.reconcile_interval)
         raise TransientUpdateError("; ".join(row.reason for row in retryable))
-    return report
+    return report.to_dict()
 
 
 def _report_unreachable(
@@ -339,17 +344,11 @@ def _report_unreachable(
 ) -> None:
     """Record (and, on the last attempt, notify) a job that could not even list containers."""
     log.warning("cannot reach Podman or systemd: %s", error)
-    report = {**_new_report(host, event, started, []), "error": str(error)}
+    report = replace(_new_report(host, job, event, started, []), error=str(error))
     _save_report(settings, job, redis, report)
     if not _retries_left(job):
         reconcile_soon(redis, host, settings.reconcile_interval)
-        row = {
-            "container_name": "(every container of this host)",
-            "unit": None,
-            "state": "failed",
-            "reason": f"cannot reach Podman or systemd: {error}",
-        }
-        sent = notify_outcome(settings, {**report, "containers": [row]})
+        sent = notify_outcome(settings, report)
         if sent is not None:
             metrics.record_notification(redis, host, sent)
 
@@ -405,24 +404,23 @@ def _complete_handoff(
         job: Job | None = Job.fetch(handoff.job, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:
         job = None
-    report = dict(job.meta.get("report") or {}) if job is not None else {}
-    if not report:
-        report = _new_report(handoff.host, None, handoff.started_at, [])
-    final = {row.container_id: row.to_dict() for row in rows}
-    containers = [final.pop(c["container_id"], c) for c in report.get("containers", [])]
-    containers.extend(final.values())
-    report.update(
+    stored = job.meta.get("report") if job is not None else None
+    if stored:
+        begun = JobReport.from_dict(stored)
+    else:
+        begun = _new_report(handoff.host, None, None, handoff.started_at, [])
+    # The handoff's final rows replace the rows the job saved for those containers.
+    final = {row.container_id: row for row in rows}
+    merged = [final.pop(row.container_id, row) for row in begun.rows]
+    merged.extend(final.values())
+    report = replace(
+        begun,
         job=handoff.job,
-        containers=containers,
-        summary={
-            state: sum(1 for c in containers if c["state"] == state) for state in report["summary"]
-        }
-        if "summary" in report
-        else summarize(rows),
+        rows=tuple(merged),
         finished_at=time.time(),
-        handoff={"transient_unit": handoff.transient_unit, "units": handoff.units},
+        handoff=HandoffInfo(handoff.transient_unit, tuple(handoff.units)),
     )
-    lasting = [row for row in rows if row.state in FAILURE_STATES]
+    lasting = lasting_rows(rows)
     log.log(
         logging.WARNING if lasting else logging.INFO,
         "handoff %s over: %s",
@@ -430,7 +428,7 @@ def _complete_handoff(
         "; ".join(f"{row.container_name}: {row.state.value}" for row in rows),
     )
     if job is not None:
-        job.meta["report"] = report
+        job.meta["report"] = report.to_dict()
         job.save_meta()
         if lasting:
             with redis.pipeline() as pipe:
@@ -443,10 +441,11 @@ def _complete_handoff(
                     pipeline=pipe,
                 )
                 pipe.execute()
-    audit.record(redis, "outcome", report, settings.audit_retention)
-    metrics.record_outcomes(
-        redis, handoff.host, rows, received_at=None, started_at=handoff.started_at
-    )
-    sent = notify_outcome(settings, {**report, "containers": [r.to_dict() for r in rows]})
+    audit.record(redis, "outcome", report.to_dict(), settings.audit_retention)
+    # Metrics and notifications are about the rows the handoff completed, the others were
+    # counted and told when the job saved them.
+    completed = replace(report, rows=tuple(rows))
+    metrics.record_outcomes(redis, completed)
+    sent = notify_outcome(settings, completed)
     if sent is not None:
         metrics.record_notification(redis, handoff.host, sent)

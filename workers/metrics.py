@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from workers.hosts import get_hosts
 from workers.queueing import get_queue
-from workers.report import ContainerReport, UpdateState
+from workers.report import JobReport, UpdateState
 
 log = logging.getLogger("podhook.metrics")
 
@@ -124,27 +124,30 @@ def record_delivery(
     return _write(redis, f"a delivery ({outcome})", commands)
 
 
-def record_outcomes(
-    redis: Redis,
-    host: str,
-    rows: Iterable[ContainerReport],
-    *,
-    received_at: float | None,
-    started_at: float,
-) -> bool:
-    """Count each container row by state, and observe push-to-running for ``updated`` rows.
+def record_outcomes(redis: Redis, report: JobReport) -> bool:
+    """Count each row of ``report`` by its host and state, and observe push-to-running for
+    ``updated`` rows.
 
-    The latency is from ``received_at`` (the webhook's arrival, Unix time, on the web host's
-    clock) to ``started_at`` (the job's start, Unix time) plus the row's ``active`` timing;
-    rows without that timing, or pushes without ``received_at``, are not observed. Clock skew
-    between hosts could make it negative: it is counted as 0. Returns whether it was
-    recorded; never raises for Redis (the failure is logged at warning).
+    The latency is from the push's ``received_at`` (the webhook's arrival, Unix time, on the
+    web host's clock) to the report's ``started_at`` (the job's start, Unix time) plus the
+    row's ``active`` timing; rows without that timing, and reports without both times (a
+    reconcile, a push queued by an older app), are not observed. Clock skew between hosts
+    could make it negative: it is counted as 0. Returns whether it was recorded; never raises
+    for Redis (the failure is logged at warning).
     """
+    host = report.host
+    received_at = report.event.received_at if report.event is not None else None
+    started_at = report.started_at
     commands: list[tuple[str, str, str, float]] = []
-    for row in rows:
+    for row in report.rows:
         commands.append(("int", UPDATES, _field(host, row.state.value), 1))
         active = row.timings.get("active")
-        if row.state is UpdateState.UPDATED and received_at is not None and active is not None:
+        if (
+            row.state is UpdateState.UPDATED
+            and received_at is not None
+            and started_at is not None
+            and active is not None
+        ):
             seconds = max(0.0, started_at + active - received_at)
             commands.append(("int", PUSH_TO_RUNNING, _field(host, "le", _bucket(seconds)), 1))
             commands.append(("float", PUSH_TO_RUNNING, _field(host, "sum"), seconds))

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import apprise
 
-if TYPE_CHECKING:
-    from workers.settings import Settings
+from workers.apprise_client import new_sender
+from workers.report import ContainerReport, JobReport, UpdateState
+from workers.settings import Settings
 
 log = logging.getLogger("podhook.notify")
 
-# Most apprise URLs hold their service's token; apprise prints URLs when it cannot parse one
-# and in its debug lines, so its records lose every URL before any handler sees them.
-_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://\S+")
 # URL credentials that a reason might quote (a registry or proxy error echoing its URL).
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 MAX_REASON = 500
@@ -27,46 +24,17 @@ _STATE_TYPES = {
 }
 
 
-class _DropUrls(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = _URL.sub(r"\1://***", message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_apprise_log = logging.getLogger("apprise")
-_apprise_log.addFilter(_DropUrls())
-# Their debug lines print the request URLs, where notification services keep their tokens.
-_apprise_log.setLevel(max(_apprise_log.getEffectiveLevel(), logging.WARNING))
-_urllib3_log = logging.getLogger("urllib3")
-_urllib3_log.setLevel(max(_urllib3_log.getEffectiveLevel(), logging.INFO))
-
-
-def check_notify_urls(urls: Iterable[str]) -> None:
-    """Raise SettingsError naming the position (never the URL) of a URL apprise cannot use."""
-    from workers.settings import SettingsError
-
-    for position, url in enumerate(urls, start=1):
-        if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
-            scheme = url.partition("://")[0] if "://" in url else ""
-            raise SettingsError(
-                f"notify_urls: entry {position} (scheme {scheme!r}) is not a URL apprise can "
-                "send to; see https://github.com/caronc/apprise/wiki"
-            )
-
-
-def notify_outcome(settings: Settings, report: dict[str, Any]) -> bool | None:
+def notify_outcome(settings: Settings, report: JobReport) -> bool | None:
     """Send one message about a job's ``report`` to every URL of ``settings.notify_urls``.
 
     The message names the host, the pushed image and digest, the job, and for each container
     whose state is in ``settings.notify_on``: its unit, state, reason and old and new image
-    ids. Returns None when there is nothing to send (no URL, or no row in those states), True
+    ids; a report whose job could not list the containers is one ``failed`` row for all of
+    them. Returns None when there is nothing to send (no URL, or no row in those states), True
     when every service took it, False when one did not (logged at warning). Never raises for a
     notification that fails, and never puts a configured secret in the message.
     """
-    rows = [row for row in report.get("containers", []) if row["state"] in settings.notify_on]
+    rows = [row for row in _told_rows(report) if row.state.value in settings.notify_on]
     if not settings.notify_urls or not rows:
         return None
     title, body = format_message(report, rows)
@@ -74,11 +42,9 @@ def notify_outcome(settings: Settings, report: dict[str, Any]) -> bool | None:
     title = _scrub(title, _secrets(settings))
     notify_type = apprise.NotifyType.SUCCESS
     for state in ("rolled_back", "failed"):  # the worst state present sets the colour
-        if any(row["state"] == state for row in rows):
+        if any(row.state.value == state for row in rows):
             notify_type = _STATE_TYPES[state]
-    sender = apprise.Apprise()
-    for url in settings.notify_urls:
-        sender.add(url)
+    sender = new_sender(settings.notify_urls)
     try:
         sent = bool(
             sender.notify(
@@ -89,52 +55,71 @@ def notify_outcome(settings: Settings, report: dict[str, Any]) -> bool | None:
             )
         )
     except Exception as error:  # a notification never fails the job it reports on
-        log.warning("notification of job %s failed: %s", report.get("job"), type(error).__name__)
+        log.warning("notification of job %s failed: %s", report.job, type(error).__name__)
         return False
     if not sent:
         log.warning(
             "notification of job %s failed for at least one of %d URLs",
-            report.get("job"),
+            report.job,
             len(settings.notify_urls),
         )
     return sent
 
 
-def format_message(report: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str]:
+def _told_rows(report: JobReport) -> list[ContainerReport]:
+    """The report's rows, and for a job that could not list the containers, one failed row
+    standing for all of them."""
+    rows = list(report.rows)
+    if report.error is not None:
+        rows.append(
+            ContainerReport(
+                container_id="",
+                container_name="(every container of this host)",
+                unit=None,
+                image="",
+                policy="",
+                state=UpdateState.FAILED,
+                reason=f"cannot reach Podman or systemd: {report.error}",
+            )
+        )
+    return rows
+
+
+def format_message(report: JobReport, rows: Sequence[ContainerReport]) -> tuple[str, str]:
     """The title and plain-text body of the message about ``rows`` of ``report``.
 
-    A push's job is named by its image and digest; a reconcile (``kind`` ``reconcile``, no
-    push) by that word, each container then with its own image. Every row's reason is told:
-    for a misconfigured container, Podman's words for what is wrong.
+    A push's job is named by its image and digest; a reconcile (no push) by that word, each
+    container then with its own image. Every row's reason is told: for a misconfigured
+    container, Podman's words for what is wrong.
     """
-    event = report.get("event") or {}
-    host = report.get("host", "?")
-    states = sorted({row["state"] for row in rows})
-    if report.get("kind") == "reconcile" or not event:
+    event = report.event
+    host = report.host or "?"
+    states = sorted({row.state.value for row in rows})
+    if report.kind == "reconcile" or event is None:
         subject = "reconcile"
         lines = [f"host: {host}", "reconcile: every labeled container"]
     else:
-        subject = f"{event.get('registry')}/{event.get('repository')}:{event.get('tag')}"
+        subject = event.reference
         lines = [
             f"host: {host}",
             f"image: {subject}",
-            f"digest: {event.get('digest') or '(not given by the sender)'}",
+            f"digest: {event.digest or '(not given by the sender)'}",
         ]
     title = f"podhook: {subject} on {host}: {', '.join(states)}"
-    lines.append(f"job: {report.get('job') or '-'}")
+    lines.append(f"job: {report.job or '-'}")
     for row in rows:
         lines += [
             "",
-            f"container: {row['container_name']}",
-            f"unit: {row.get('unit') or '-'}",
+            f"container: {row.container_name}",
+            f"unit: {row.unit or '-'}",
         ]
         if subject == "reconcile":
-            lines.append(f"image: {row.get('image') or '-'}")
+            lines.append(f"image: {row.image or '-'}")
         lines += [
-            f"state: {row['state']}",
-            f"reason: {_shorten(row.get('reason') or '-')}",
-            f"old image: {row.get('old_image') or '-'}",
-            f"new image: {row.get('new_image') or '-'}",
+            f"state: {row.state.value}",
+            f"reason: {_shorten(row.reason or '-')}",
+            f"old image: {row.old_image or '-'}",
+            f"new image: {row.new_image or '-'}",
         ]
     return title, "\n".join(lines)
 

@@ -6,7 +6,7 @@ import math
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -164,8 +164,6 @@ class Settings:
                 f"known: {', '.join(sorted(NOTIFY_STATES))}"
             )
         if self.notify_urls:
-            from workers.notify import check_notify_urls
-
             check_notify_urls(self.notify_urls)
         self._check_numbers()
         self._check_redis()
@@ -230,6 +228,20 @@ def split_address(name: str, address: str) -> tuple[str, int]:
             f"{name}: expected host:port (a port from 1 to 65535), not {address!r}", setting=name
         )
     return host, int(port)
+
+
+def check_notify_urls(urls: Iterable[str]) -> None:
+    """Raise SettingsError naming the position (never the URL) of a URL apprise cannot use."""
+    # apprise takes a while to load: only when notifications are configured.
+    from workers.apprise_client import is_usable  # noqa: PLC0415
+
+    for position, url in enumerate(urls, start=1):
+        if not is_usable(url):
+            scheme = url.partition("://")[0] if "://" in url else ""
+            raise SettingsError(
+                f"notify_urls: entry {position} (scheme {scheme!r}) is not a URL apprise can "
+                "send to; see https://github.com/caronc/apprise/wiki"
+            )
 
 
 def _check_number(name: str, value: object, bounds: Bounds, whole: bool) -> None:

@@ -23,9 +23,10 @@ from tests.app.test_webhook_app import (
 from tests.conftest import free_port
 from webhook.app import create_app
 from workers import metrics
+from workers.events import make_event
 from workers.hosts import register_host
 from workers.queueing import get_queue
-from workers.report import ContainerReport, UpdateState
+from workers.report import ContainerReport, JobReport, UpdateState
 
 ROOT = Path(__file__).resolve().parents[2]
 ACR_PUSH = (ROOT / "tests/payloads/acr/acr-push.json").read_bytes()
@@ -83,6 +84,23 @@ def row(name: str, state: UpdateState, **timings: float) -> ContainerReport:
         state=state,
         reason="test",
         timings=timings,
+    )
+
+
+def pushed(
+    host: str, rows: list[ContainerReport], *, received_at: float | None, started_at: float
+) -> JobReport:
+    """The report of a push's job on ``host``: the push arrived at ``received_at``, the job
+    started at ``started_at``."""
+    event = make_event("registry.example.com", "app", "1", received_at=received_at)
+    return JobReport(
+        host=host,
+        kind="converge",
+        reference=event.reference,
+        event=event,
+        started_at=started_at,
+        finished_at=started_at + 10,
+        rows=tuple(rows),
     )
 
 
@@ -169,22 +187,25 @@ def test_outcomes_by_state_and_push_to_running_latency(client, redis):
         row("api", UpdateState.ROLLED_BACK, pulled=1.0, finished=9.0),
         row("db", UpdateState.UNCHANGED, finished=0.1),
     ]
-    assert metrics.record_outcomes(redis, "host-a", rows, received_at=received, started_at=started)
+    assert metrics.record_outcomes(
+        redis, pushed("host-a", rows, received_at=received, started_at=started)
+    )
     # A push whose event has no arrival time (queued by an older app) is counted, not timed.
     metrics.record_outcomes(
         redis,
-        "host-a",
-        [row("old", UpdateState.UPDATED, active=1.0)],
-        received_at=None,
-        started_at=1,
+        pushed(
+            "host-a", [row("old", UpdateState.UPDATED, active=1.0)], received_at=None, started_at=1
+        ),
     )
     # A worker whose clock is behind the web host's: counted as no delay rather than negative.
     metrics.record_outcomes(
         redis,
-        "host-b",
-        [row("skewed", UpdateState.UPDATED, active=1.0)],
-        received_at=received,
-        started_at=received - 5.0,
+        pushed(
+            "host-b",
+            [row("skewed", UpdateState.UPDATED, active=1.0)],
+            received_at=received,
+            started_at=received - 5.0,
+        ),
     )
 
     samples = scrape(client)
@@ -279,16 +300,21 @@ WORKER_PROCESS = textwrap.dedent(
     import sys
     from redis import Redis
     from workers import metrics
-    from workers.report import ContainerReport, UpdateState
+    from workers.events import make_event
+    from workers.report import ContainerReport, JobReport, UpdateState
 
     redis = Redis.from_url(sys.argv[1])
     host, count = sys.argv[2], int(sys.argv[3])
+    event = make_event("r.example.com", "app", "1", received_at=100.0)
     for n in range(count):
         row = ContainerReport(
             "id", "web", "web.service", "r.example.com/app:1", "registry",
             UpdateState.UPDATED, "restarted", timings={"active": 1.5},
         )
-        assert metrics.record_outcomes(redis, host, [row], received_at=100.0, started_at=100.0)
+        report = JobReport(
+            host, "converge", event.reference, event=event, started_at=100.0, rows=(row,)
+        )
+        assert metrics.record_outcomes(redis, report)
     """
 )
 

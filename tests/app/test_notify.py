@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from workers.notify import notify_outcome
+from workers.report import JobReport
 from workers.settings import Settings, SettingsError, load_settings
 
 DIGEST = "sha256:" + "ab" * 32
@@ -77,19 +78,22 @@ def settings(*urls: str, **overrides: Any) -> Settings:
     )
 
 
-def report(*rows: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "host": "web-1",
-        "job": "push-0123456789abcdef",
-        "event": {
-            "registry": "registry.example.com",
-            "repository": "team/app",
-            "tag": "1.2",
-            "digest": DIGEST,
-            "source": "distribution",
-        },
-        "containers": list(rows),
-    }
+def report(*rows: dict[str, Any]) -> JobReport:
+    """A push's report as a job saves it (read back from its stored shape)."""
+    return JobReport.from_dict(
+        {
+            "host": "web-1",
+            "job": "push-0123456789abcdef",
+            "event": {
+                "registry": "registry.example.com",
+                "repository": "team/app",
+                "tag": "1.2",
+                "digest": DIGEST,
+                "source": "distribution",
+            },
+            "containers": list(rows),
+        }
+    )
 
 
 def row(name: str, state: str, reason: str, **fields: Any) -> dict[str, Any]:
@@ -270,19 +274,21 @@ def test_a_host_whose_podman_does_not_answer_is_recorded_and_told(
     with pytest.raises(TransientUpdateError):
         converge("web-9", "registry.example.com/team/app:1.2")
     [outcome] = audit.read(redis, kind="outcome")
-    assert outcome.data["host"] == "web-9" and outcome.data["containers"] == []
-    assert "connecting to the systemd user bus" in outcome.data["error"]
+    recorded = JobReport.from_dict(outcome.data)
+    assert recorded.host == "web-9" and recorded.rows == () and recorded.failed
+    # Podman's socket or the systemd bus, whichever the job asked first: both are absent.
+    assert recorded.error is not None and "absent" in recorded.error
     [message] = receiver.json_payloads()
     assert "registry.example.com/team/app:1.2 on web-9: failed" in message["title"]
     assert "cannot reach Podman or systemd" in message["message"]
 
 
 def test_an_attempt_rq_retries_tells_its_updates_now_and_its_passing_failure_later(receiver, redis):
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from workers.jobs import TransientUpdateError, _conclude
     from workers.report import ContainerReport, UpdateState
-    from workers.update import UpdateOutcome
 
     def container(name: str, state: UpdateState, reason: str, retryable: bool) -> ContainerReport:
         return ContainerReport(
@@ -296,16 +302,14 @@ def test_an_attempt_rq_retries_tells_its_updates_now_and_its_passing_failure_lat
             retryable=retryable,
         )
 
-    outcome = UpdateOutcome(
-        [
-            container("api", UpdateState.UPDATED, "restarted on the new image", False),
-            container("db", UpdateState.FAILED, "pulling: connection refused", True),
-        ]
+    rows = (
+        container("api", UpdateState.UPDATED, "restarted on the new image", False),
+        container("db", UpdateState.FAILED, "pulling: connection refused", True),
     )
     told = settings(f"json://127.0.0.1:{receiver.port}/", notify_on={"updated", "failed"})
     job = SimpleNamespace(retries_left=2)
     with pytest.raises(TransientUpdateError):
-        _conclude(told, job, redis, "web-1", outcome, report(*[r.to_dict() for r in outcome.rows]))
+        _conclude(told, job, redis, replace(report(), rows=rows))
     [payload] = receiver.json_payloads()
     assert "container: api" in payload["message"]
     assert "container: db" not in payload["message"]  # told by the attempt that gives up
@@ -322,14 +326,16 @@ def test_a_reconcile_names_each_container_its_image_and_podmans_reason(receiver)
         old_image=None,
         new_image=None,
     )
-    reconcile = {
-        "host": "web-1",
-        "kind": "reconcile",
-        "reference": "*",
-        "event": {},
-        "job": "reconcile-0123456789abcdef",
-        "containers": [no_unit, UPDATED],
-    }
+    reconcile = JobReport.from_dict(
+        {
+            "host": "web-1",
+            "kind": "reconcile",
+            "reference": "*",
+            "event": {},
+            "job": "reconcile-0123456789abcdef",
+            "containers": [no_unit, UPDATED],
+        }
+    )
     assert notify_outcome(settings(url), reconcile) is True
     [payload] = receiver.json_payloads()
     assert payload["type"] == "failure"

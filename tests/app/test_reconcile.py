@@ -391,7 +391,7 @@ def test_a_misconfigured_container_fails_the_job_is_told_and_keeps_the_host_unhe
     record = get_job(redis, job_id)
     assert record is not None and record.state == "failed"
     assert "UpdateFailedError" in record.error and NO_UNIT in record.error
-    assert {r["container_name"]: r["state"] for r in record.report["containers"]} == {
+    assert {r.container_name: r.state for r in record.report.rows} == {
         "web": "unchanged",
         "cron": "failed",
         "db": "failed",
@@ -717,7 +717,7 @@ def test_list_reconciles_waiting_first_then_reported_newest_first(redis, hosts):
     found = list_reconciles(redis, limit=10)
     assert [r.id for r in found] == [waiting, done[1], done[0]]
     assert [r.state for r in found] == ["queued", "finished", "finished"]
-    assert found[1].report["containers"][0]["container_name"] == "web"
+    assert found[1].report.rows[0].container_name == "web"
     assert [r.id for r in list_reconciles(redis, limit=2)] == [waiting, done[1]]
 
 

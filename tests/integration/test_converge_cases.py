@@ -270,7 +270,7 @@ def test_a_unit_stopped_during_a_push_runs_the_pushed_image_once_started(
         ]
         for job in routed:
             record = wait_job(redis, job["job"], 120, worker)
-            assert [row["container_name"] for row in record.report["containers"]] == []
+            assert [row.container_name for row in record.report.rows] == []
         print(f"\npush while stopped: {len(routed)} job(s) reached {host}")
         assert stack.image_info(v1.ref)["Id"] == v1_image  # the tag still names v1 here
 
@@ -352,11 +352,11 @@ def test_a_mirror_serving_the_old_image_is_retried_until_it_catches_up(
                 )
 
                 assert record.state == "finished", record.error
-                assert [(r["container_name"], r["state"]) for r in record.report["containers"]] == [
+                assert [(r.container_name, r.state) for r in record.report.rows] == [
                     ("cmirrored", "updated")
                 ]
                 attempts = lagging()
-                assert attempts[-1]["containers"] == record.report["containers"]
+                assert attempts[-1]["containers"] == record.report.to_dict()["containers"]
                 for attempt in attempts[:-1]:
                     [row] = attempt["containers"]
                     assert row["state"] == "failed", row
@@ -399,17 +399,17 @@ def test_one_unit_failing_on_a_pushed_image_rolls_back_every_unit_of_the_referen
         print(f"\nrolled back {time.monotonic() - pushed:.2f}s after the push")
 
         assert record.state == "failed", record.report
-        rows = {row["container_name"]: row for row in record.report["containers"]}
-        assert {name: row["state"] for name, row in rows.items()} == {
+        rows = {row.container_name: row for row in record.report.rows}
+        assert {name: row.state for name, row in rows.items()} == {
             "crollback-a": "rolled_back",
             "crollback-b": "rolled_back",
         }, rows
-        assert rows["crollback-b"]["unit"] == failing
-        assert rows["crollback-b"]["reason"].startswith(f"restarting {failing!r}")
-        assert rows["crollback-a"]["unit"] == healthy
-        assert rows["crollback-a"]["reason"].startswith(f"{failing} failed: ")
+        assert rows["crollback-b"].unit == failing
+        assert rows["crollback-b"].reason.startswith(f"restarting {failing!r}")
+        assert rows["crollback-a"].unit == healthy
+        assert rows["crollback-a"].reason.startswith(f"{failing} failed: ")
         for row in rows.values():
-            assert row["reason"].endswith("rolled back to the previous image")
+            assert row.reason.endswith("rolled back to the previous image")
             assert row["old_image"] == v1_image != row["new_image"]
 
         for unit in (healthy, failing):
@@ -446,9 +446,9 @@ def test_a_rolled_back_reference_stays_rolled_back_when_one_of_its_units_restart
             "cases/relapse", "1", marker="relapse-v2", command=BREAKS_WITH_CASES_BREAK
         )
         record = wait_job(redis, job_for(redis, host, reference, v2.digest, app), 240, worker)
-        states = [row["state"] for row in record.report["containers"]]
+        states = [row.state for row in record.report.rows]
         if states != ["rolled_back"] * 2:
-            pytest.fail(f"the push was not rolled back: {record.report['containers']}")
+            pytest.fail(f"the push was not rolled back: {record.report.rows}")
 
         # crelapse-a's container dies (on the old image, which runs fine): systemd starts it
         # again (Restart=on-failure), from the tag, which names the old image.

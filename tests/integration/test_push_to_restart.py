@@ -146,12 +146,12 @@ def test_push_restarts_the_unit_on_the_new_image(stack, podhook, units):
     elapsed = time.monotonic() - pushed_at
 
     assert record.state == "finished", record.error
-    [row] = record.report["containers"]
-    assert (row["container_name"], row["unit"], row["state"]) == ("web", unit, "updated")
-    assert row["image"] == v1.ref
+    [row] = record.report.rows
+    assert (row.container_name, row.unit, row.state) == ("web", unit, "updated")
+    assert row.image == v1.ref
     info = stack.container_info("web")
     assert info["image_digest"] == v2.digest
-    assert row["new_image"] == info["image_id"] != row["old_image"]
+    assert row.new_image == info["image_id"] != row.old_image
     assert stack.podman("exec", "web", "cat", "/version").strip() == "web-v2"
     print(f"\npush-to-restart: {elapsed:.2f}s from skopeo copy to the unit active on v2")
 
@@ -167,9 +167,9 @@ def test_push_restarts_the_unit_on_the_new_image(stack, podhook, units):
     [job] = again.data["jobs"]
     repeat = podhook.wait_job(job["job"])
     assert repeat.state == "finished", repeat.error
-    [row] = repeat.report["containers"]
-    assert (row["state"], row["reason"]) == ("unchanged", f"already runs {v2.digest}")
-    assert "pulled" not in row["timings"]
+    [row] = repeat.report.rows
+    assert (row.state, row.reason) == ("unchanged", f"already runs {v2.digest}")
+    assert "pulled" not in row.timings
     assert stack.systemd.invocation_id(unit) == invocation
 
 
@@ -181,10 +181,10 @@ def test_image_that_does_not_come_up_is_rolled_back(stack, podhook, units):
     v3 = stack.build_and_push("e2e/roll", "2", marker="roll-v3", command=EXITS_AT_ONCE)
     record = podhook.wait_job(podhook.job_for(v3))
 
-    assert record.state == "failed", record.report["containers"]
-    [row] = record.report["containers"]
-    assert row["state"] == "rolled_back", row["reason"]
-    assert row["unit"] == unit and row["old_image"] == v1_image
+    assert record.state == "failed", record.report
+    [row] = record.report.rows
+    assert row.state == "rolled_back", row.reason
+    assert row.unit == unit and row.old_image == v1_image
     stack.wait_unit(unit, "active", 30)
     assert stack.container_image("roll") == v1_image
     assert stack.podman("exec", "roll", "cat", "/version").strip() == "roll-v1"
@@ -211,10 +211,10 @@ def test_unlabeled_containers_are_left_alone_and_unit_less_ones_fail_loudly(stac
 
     # As `podman auto-update` does: a labeled container without its unit is an error.
     assert record.state == "failed"
-    rows = {row["container_name"]: row for row in record.report["containers"]}
+    rows = {row.container_name: row for row in record.report.rows}
     assert set(rows) == {"loose"}
-    assert rows["loose"]["state"] == "failed"
-    assert rows["loose"]["reason"].endswith("no PODMAN_SYSTEMD_UNIT label found")
+    assert rows["loose"].state == "failed"
+    assert rows["loose"].reason.endswith("no PODMAN_SYSTEMD_UNIT label found")
     assert stack.container_image("plain") == plain_image
     assert stack.container_image("loose") == plain_image
 
@@ -230,8 +230,8 @@ def test_two_containers_of_one_kube_unit_restart_it_once(stack, podhook, units):
     record = podhook.wait_job(podhook.job_for(v2))
 
     assert record.state == "finished", record.error
-    rows = sorted(record.report["containers"], key=lambda row: row["container_name"])
-    assert [(r["container_name"], r["unit"], r["state"]) for r in rows] == [
+    rows = sorted(record.report.rows, key=lambda row: row.container_name)
+    assert [(r.container_name, r.unit, r.state) for r in rows] == [
         ("pair-a", unit, "updated"),
         ("pair-b", unit, "updated"),
     ]
@@ -284,6 +284,6 @@ def test_generic_source_drives_the_same_path(stack, podhook, units):
     [job_id] = answer["queued"]
     record = podhook.wait_job(job_id)
     assert record.state == "finished", record.error
-    assert [row["state"] for row in record.report["containers"]] == ["updated"]
+    assert [row.state for row in record.report.rows] == ["updated"]
     stack.wait_unit(unit, "active", 30, not_invocation=before)
     assert stack.container_info("ci")["image_digest"] == v2.digest

@@ -79,15 +79,15 @@ def test_pool_serializes_restarts_of_one_unit(stack, pool, units):
     states = {r.event["repository"]: (r.state, r.error) for r in records}
     assert all(state == "finished" for state, _ in states.values()), states
 
-    rows = {row["container_name"]: row for r in records for row in r.report["containers"]}
+    rows = {row.container_name: row for r in records for row in r.report.rows}
     assert set(rows) == {"duo-a", "duo-b", "solo1", "solo2"}
-    assert {rows[name]["state"] for name in ("solo1", "solo2")} == {"updated"}
+    assert {rows[name].state for name in ("solo1", "solo2")} == {"updated"}
     # The second push of the duo unit waits for the first one's restart; `podman kube play`
     # may have pulled its image by then, so it may find that container already up to date.
-    duo_states = sorted(rows[name]["state"] for name in ("duo-a", "duo-b"))
+    duo_states = sorted(rows[name].state.value for name in ("duo-a", "duo-b"))
     assert duo_states in (["updated", "updated"], ["unchanged", "updated"]), rows
-    assert rows["duo-a"]["unit"] == rows["duo-b"]["unit"] == duo_unit
-    assert {rows["solo1"]["unit"], rows["solo2"]["unit"]} == set(solo_units)
+    assert rows["duo-a"].unit == rows["duo-b"].unit == duo_unit
+    assert {rows["solo1"].unit, rows["solo2"].unit} == set(solo_units)
 
     jobs = Job.fetch_many(job_ids, connection=redis, serializer=JSONSerializer)
     duo_jobs = [job for job in jobs if job.meta["event"]["repository"] in ("pool/a", "pool/b")]
