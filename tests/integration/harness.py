@@ -922,6 +922,75 @@ def busybox_rootfs_tar(
 
 
 # --------------------------------------------------------------------------------------------
+# image signatures
+
+
+@dataclass(frozen=True)
+class GpgKey:
+    """A throwaway GPG signing key: its keyring (``home``, for GNUPGHOME), its fingerprint
+    (what ``skopeo copy --sign-by`` takes) and its exported public key (what a ``signedBy``
+    policy's ``keyPath`` names)."""
+
+    home: Path
+    fingerprint: str
+    public_key: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"GNUPGHOME": str(self.home)}
+
+    def stop_agent(self) -> None:
+        """Stop the gpg-agent that signing started for this keyring."""
+        run(["gpgconf", "--kill", "all"], {**os.environ, **self.env}, check=False)
+
+
+def generate_gpg_key(
+    directory: Path, uid: str = "podhook test harness <podhook-test@example.invalid>"
+) -> GpgKey:
+    """A new passphrase-less ed25519 signing key in keyring ``directory`` (created, 0700), its
+    public key exported next to it as ``public.gpg``. Needs ``gpg``."""
+    directory.mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "GNUPGHOME": str(directory)}
+    run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+        env,
+    )
+    listing = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env).stdout
+    fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+    if len(fingerprints) != 1:
+        raise HarnessError(f"expected one key in {directory}, gpg lists {fingerprints}")
+    public_key = directory / "public.gpg"
+    run(["gpg", "--batch", "--yes", "--output", str(public_key), "--export", fingerprints[0]], env)
+    return GpgKey(directory, fingerprints[0], public_key)
+
+
+def write_signature_config(
+    home: Path, policy: Mapping[str, Any], lookaside: Mapping[str, Path]
+) -> Path:
+    """Write a containers-policy.json and a registries.d under ``home``/.config/containers,
+    where containers/image looks before /etc when HOME is ``home`` (see
+    ``Stack.start_extra_podman_service``). ``lookaside`` maps a namespace (``host:port/repo``)
+    to the directory its signatures are written to (``lookaside-staging``, by ``skopeo copy
+    --sign-by``) and read from (``lookaside``): a plain distribution registry has no
+    signature API. Returns the registries.d directory (for ``skopeo --registries.d``)."""
+    config = home / ".config" / "containers"
+    registries_d = config / "registries.d"
+    registries_d.mkdir(parents=True, exist_ok=True)
+    (config / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
+    lines = ["docker:"]
+    for namespace, directory in lookaside.items():
+        directory.mkdir(parents=True, exist_ok=True)
+        url = json.dumps(directory.resolve().as_uri())
+        lines += [
+            f"  {json.dumps(namespace)}:",
+            f"    lookaside: {url}",
+            f"    lookaside-staging: {url}",
+        ]
+    (registries_d / "podhook-test.yaml").write_text("\n".join(lines) + "\n")
+    return registries_d
+
+
+# --------------------------------------------------------------------------------------------
 # the whole stack
 
 
@@ -1094,12 +1163,27 @@ class Stack:
         return local
 
     def push_image(
-        self, local: str, repository: str, tag: str, manifest_format: str | None = None
+        self,
+        local: str,
+        repository: str,
+        tag: str,
+        manifest_format: str | None = None,
+        *,
+        sign_by: GpgKey | None = None,
+        registries_d: Path | None = None,
     ) -> str:
         """skopeo copy a built image to the test registry; return its manifest digest.
 
-        ``manifest_format``: None (skopeo's choice: OCI for these images), "oci" or "v2s2"."""
+        ``manifest_format``: None (skopeo's choice: OCI for these images), "oci" or "v2s2".
+        ``sign_by``: sign it with that key (``--sign-by``), the signature written where
+        ``registries_d`` (required then, see ``write_signature_config``) says."""
         assert self.registry is not None
+        env = self.build_env
+        if sign_by is not None:
+            if registries_d is None:
+                # Without one, skopeo writes signatures under the host's /var/lib/containers.
+                raise HarnessError("signing a push needs the registries.d naming its lookaside")
+            env = {**self.build_env, **sign_by.env}
         work = Path(tempfile.mkdtemp(prefix="push-", dir=self.root / "build"))
         try:
             digest_file = work / "digest"
@@ -1113,11 +1197,13 @@ class Stack:
             ]
             if manifest_format:
                 cmd += ["--format", manifest_format]
+            if sign_by is not None:
+                cmd += ["--sign-by", sign_by.fingerprint, "--registries.d", str(registries_d)]
             cmd += [
                 f"containers-storage:{local}",
                 f"docker://{self.registry.host}/{repository}:{tag}",
             ]
-            run(cmd, self.build_env)
+            run(cmd, env)
             return digest_file.read_text().strip()
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -1130,17 +1216,46 @@ class Stack:
         command: Sequence[str] = DEFAULT_COMMAND,
         manifest_format: str | None = None,
         extra_files: Mapping[str, str] | None = None,
+        *,
+        sign_by: GpgKey | None = None,
+        registries_d: Path | None = None,
     ) -> PushedImage:
-        """Build an image whose content differs by ``marker`` and push it as ``repository:tag``.
+        """Build an image whose content differs by ``marker`` and push it as ``repository:tag``
+        (signed by ``sign_by`` when given, see ``push_image``).
 
         Push the same marker under another tag with ``push_image`` (same digest)."""
         assert self.registry is not None
         marker = tag if marker is None else marker
         local = self.build_image(repository, tag, marker, command, extra_files)
-        digest = self.push_image(local, repository, tag, manifest_format)
+        digest = self.push_image(
+            local, repository, tag, manifest_format, sign_by=sign_by, registries_d=registries_d
+        )
         return PushedImage(
             f"{self.registry.host}/{repository}:{tag}", repository, tag, digest, marker
         )
+
+    # -- a second Podman API service ------------------------------------------------------------
+
+    def start_extra_podman_service(self, name: str, home: Path) -> PodmanService:
+        """Another Podman API service over the stack's storage and configuration, on
+        ``<root>/<name>.sock``, with HOME=``home``; stopped at ``close()`` (or ``.stop()``).
+
+        containers/image (5.23, in Podman 4.3) takes the signature policy from
+        ``$HOME/.config/containers/policy.json`` and lookaside locations from
+        ``$HOME/.config/containers/registries.d`` when they exist, before /etc, for root too
+        (signature.defaultPolicyPath, docker.registriesDirPath; nothing in containers.conf or
+        the environment names them), and reads both on every pull: with files written by
+        ``write_signature_config`` this service enforces a policy of the test's own, while
+        /etc and the stack's main service are left as they are.
+        """
+        assert self.podman_env
+        service = start_podman_service(
+            self.root / f"{name}.sock",
+            {**self.podman_env, "HOME": str(home)},
+            self.root / f"{name}.log",
+        )
+        self.processes.append(service.process)
+        return service
 
     # -- registries.conf ---------------------------------------------------------------------------
 
