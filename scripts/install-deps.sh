@@ -30,6 +30,7 @@ APT_PACKAGES=(
     systemd dbus dbus-user-session                # user manager + session bus for the tests
     redis-server redis-sentinel                   # RQ's queue; Sentinel for tests/integration/test_sentinel.py
     busybox-static                                # root filesystem of the test images
+    gnupg                                         # signing keys for tests/integration/test_signatures.py
     chromium fonts-dejavu-core                    # the status page test (headless, with text)
     wrk                                           # HTTP load for bench/ingest.py
     libgirepository1.0-dev libcairo2-dev pkg-config gcc   # PyGObject<3.51 builds from source
