@@ -965,27 +965,28 @@ def generate_gpg_key(
 
 
 def write_signature_config(
-    home: Path, policy: Mapping[str, Any], lookaside: Mapping[str, Path]
+    home: Path, policy: Mapping[str, Any], lookaside: Mapping[str, Path | str]
 ) -> Path:
     """Write a containers-policy.json and a registries.d under ``home``/.config/containers,
     where containers/image looks before /etc when HOME is ``home`` (see
     ``Stack.start_extra_podman_service``). ``lookaside`` maps a namespace (``host:port/repo``)
     to the directory its signatures are written to (``lookaside-staging``, by ``skopeo copy
     --sign-by``) and read from (``lookaside``): a plain distribution registry has no
-    signature API. Returns the registries.d directory (for ``skopeo --registries.d``)."""
+    signature API; or to a URL (``http://...``) they are only read from. Returns the
+    registries.d directory (for ``skopeo --registries.d``)."""
     config = home / ".config" / "containers"
     registries_d = config / "registries.d"
     registries_d.mkdir(parents=True, exist_ok=True)
     (config / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
     lines = ["docker:"]
-    for namespace, directory in lookaside.items():
-        directory.mkdir(parents=True, exist_ok=True)
-        url = json.dumps(directory.resolve().as_uri())
-        lines += [
-            f"  {json.dumps(namespace)}:",
-            f"    lookaside: {url}",
-            f"    lookaside-staging: {url}",
-        ]
+    for namespace, where in lookaside.items():
+        lines.append(f"  {json.dumps(namespace)}:")
+        if isinstance(where, str):
+            lines.append(f"    lookaside: {json.dumps(where)}")
+            continue
+        where.mkdir(parents=True, exist_ok=True)
+        url = json.dumps(where.resolve().as_uri())
+        lines += [f"    lookaside: {url}", f"    lookaside-staging: {url}"]
     (registries_d / "podhook-test.yaml").write_text("\n".join(lines) + "\n")
     return registries_d
 
