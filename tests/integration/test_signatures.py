@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import HarnessError, generate_gpg_key, wait_for, write_signature_config
+from harness import HarnessError, free_port, generate_gpg_key, wait_for, write_signature_config
 from redis import Redis
 from rq.job import Job, JobStatus
 
@@ -199,3 +199,67 @@ def test_an_unsigned_image_is_refused_once_and_a_signed_one_is_updated(
         key.stop_agent()
     assert not service.process.alive()
     assert snapshot(HOST_PATHS) == host_before
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg (scripts/install-deps.sh)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="workers/podman_runtime.py takes every 'Source image rejected' for a refusal, but "
+    "containers/image also words a signature that could not be fetched so",
+)
+def test_a_signature_server_that_cannot_be_reached_is_a_passing_failure(stack, units, spawn):
+    """The policy needs signatures that live on a web server (a lookaside), and that server is
+    down: Podman cannot tell whether the image is signed. Like a registry that is down, this
+    should be retried, not reported as a refusal."""
+    redis = Redis.from_url(stack.env["PODHOOK_REDIS_URL"])
+    work = stack.root / "signatures-down"
+    key = generate_gpg_key(work / "gnupg")
+    repository = "signatures/down"
+    namespace = f"{stack.registry.host}/{repository}"
+    policy = {
+        "default": [{"type": "insecureAcceptAnything"}],
+        "transports": {
+            "docker": {
+                namespace: [
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(key.public_key)}
+                ]
+            }
+        },
+    }
+    down = f"http://127.0.0.1:{free_port()}/sigstore"  # nothing listens there
+    home = work / "home"
+    write_signature_config(home, policy, {namespace: down})
+    service = stack.start_extra_podman_service("podman-signatures-down", home)
+    host = "signatures-down-host"
+    worker = None
+    try:
+        v1 = stack.build_and_push(repository, "1", marker="down-v1")
+        units.container("cdown", v1.ref)
+        worker = spawn(
+            [PODHOOK, "worker"],
+            env={
+                "PODHOOK_HOST_ID": host,
+                "PODHOOK_PODMAN_URL": service.url,
+                "PODHOOK_SETTLE_SECONDS": "1",
+                "PODHOOK_RECONCILE_INTERVAL": "0",
+            },
+            name="worker-signatures-down",
+            ready=lambda: host in get_hosts(redis),
+            timeout=60,
+        )
+        v2 = stack.build_and_push(repository, "1", marker="down-v2")
+        push(redis, v2)
+        try:
+            wait_for(lambda: rows_for(redis, "cdown"), 120, "cdown's first row", 0.5)
+        except HarnessError:
+            pytest.fail(worker.log_text())
+        row = rows_for(redis, "cdown")[0]
+        assert row["state"] == "failed", row
+        assert "Source image rejected" in row["reason"] and "connection refused" in row["reason"]
+        assert row["retryable"] is True, row["reason"]
+    finally:
+        if worker is not None:
+            worker.stop()
+        forget_host(redis, host)
+        service.stop()
+        key.stop_agent()
