@@ -1,7 +1,8 @@
 """Signed images on the real stack: Podman's signature policy requires a GPG signature for the
 test repository. A push of an unsigned image is refused at the pull: a `failed` row naming the
 policy's reason, one attempt although retries are allowed, notified, the container left on its
-image; a push signed with ``skopeo copy --sign-by`` is updated.
+image; a push signed with ``skopeo copy --sign-by`` is updated. Signatures that cannot be
+fetched (their lookaside server down) should be a passing failure, as a registry that is down.
 
 The policy is the worker's Podman service's own, not the host's: a second API service over the
 stack's storage whose HOME holds ``.config/containers/policy.json`` and ``registries.d``
