@@ -72,6 +72,11 @@ BOUNDS: Mapping[str, Bounds] = {
     "redis_wait_replicas": Bounds(0, 100, "replicas", low_means="no WAIT"),
     # WAIT's timeout: a delivery waits this long for replicas before it gets its 503.
     "redis_wait_timeout": Bounds(0, 10, above_low=True),
+    # Failed admin-token attempts per client address and window (docs/operations.md, Access).
+    "login_limit": Bounds(1, 10_000, "attempts"),
+    "admin_token_limit": Bounds(1, 10_000, "attempts"),
+    "auth_limit_window": Bounds(1, 24 * 3600),
+    "session_lifetime": Bounds(60, 7 * 24 * 3600),
 }
 
 
@@ -145,6 +150,16 @@ class Settings:
     # Replicas that must hold a delivery's jobs before it is answered 2xx (WAIT); 0: no WAIT.
     redis_wait_replicas: int = 0
     redis_wait_timeout: float = 1.0
+    # Wrong admin tokens an address may try in auth_limit_window seconds, on the status page's
+    # login and on the admin API (a missing token counts there); then 429 until the window ends.
+    login_limit: int = 10
+    admin_token_limit: int = 20
+    auth_limit_window: int = 300
+    # Seconds a status page session lasts from its login, whatever is done with it meanwhile.
+    session_lifetime: int = 8 * 3600
+    # Mark the session cookie Secure even on plain HTTP (TLS ended at a reverse proxy); it is
+    # Secure anyway when the request came over TLS.
+    secure_cookies: bool = False
 
     def __post_init__(self) -> None:
         if self.systemd_bus not in ("system", "user"):

@@ -116,6 +116,10 @@ IN_AND_OUT_OF_RANGE = {
     "inventory_max_age": ("30", ["29", "86401"]),
     "redis_wait_replicas": ("1", ["-1", "101"]),
     "redis_wait_timeout": ("0.25", ["0", "-1", "10.5", "nan"]),
+    "login_limit": ("1", ["0", "-1", "10001"]),
+    "admin_token_limit": ("10000", ["0", "10001"]),
+    "auth_limit_window": ("1", ["0", "86401"]),
+    "session_lifetime": ("60", ["0", "59", str(7 * 24 * 3600 + 1)]),
 }
 
 
