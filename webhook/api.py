@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from redis.exceptions import RedisError
 
+from webhook.limits import count_failure, seconds_refused
 from workers.fleet import (
     HostSelectionError,
     UnknownHostError,
@@ -72,12 +73,20 @@ def is_admin_token(settings: Settings, candidate: str | None) -> bool:
 
 @blueprint.before_request
 def require_admin_token() -> Any:
-    """404 while no admin token is configured, 401 without the right bearer token."""
+    """404 while no admin token is configured, 401 without the right bearer token, 429 while
+    the address is over PODHOOK_ADMIN_TOKEN_LIMIT (wrong or missing tokens)."""
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     settings = _settings()
     if not settings.admin_token:
         return _error(404, DISABLED)
+    # Checked before the token: over the limit, the right token must not answer otherwise.
+    wait = seconds_refused("admin-token", request.remote_addr)
+    if wait:
+        reason = f"too many wrong or missing admin tokens from this address; retry in {wait} s"
+        body, status = _error(429, reason, retry_after=wait)
+        body.headers["Retry-After"] = str(wait)
+        return body, status
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         response = _error(401, "missing Authorization: Bearer <admin token>")
@@ -85,6 +94,7 @@ def require_admin_token() -> Any:
         response = _error(401, "wrong admin token")
     else:
         return None
+    count_failure("admin-token", request.remote_addr)
     body, status = response
     body.headers["WWW-Authenticate"] = 'Bearer realm="podhook"'
     return body, status
