@@ -28,8 +28,25 @@ class PolicyRefusedError(ContainerRuntimeError):
     trying again pulls the same refused image, so it is not a passing failure."""
 
 
-# How containers/image words a refusal by the signature policy (PolicyRequirementError).
-_POLICY_REFUSALS = ("Source image rejected",)
+# How containers/image words a refusal by the signature policy (PolicyRequirementError). It
+# words a signature it could not fetch the same way: those, by their network or HTTP error,
+# are passing failures, retried like a registry that is down.
+_POLICY_REFUSAL = "Source image rejected"
+_UNREACHABLE = (
+    "dial tcp",
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "TLS handshake timeout",
+    "no such host",
+    "EOF",
+    "status 5",
+)
+
+
+def _refused_by_policy(message: str) -> bool:
+    """Whether a pull error is the signature policy's verdict, not a failure to ask."""
+    return _POLICY_REFUSAL in message and not any(words in message for words in _UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -204,8 +221,7 @@ class PodmanRuntime:
             report = json.loads(line)
             if report.get("error"):
                 message = str(report["error"])
-                refused = any(words in message for words in _POLICY_REFUSALS)
-                kind = PolicyRefusedError if refused else ContainerRuntimeError
+                kind = PolicyRefusedError if _refused_by_policy(message) else ContainerRuntimeError
                 raise kind(f"pulling {reference}: {message}")
             image_id = report.get("id") or image_id
         if image_id is None:

@@ -203,11 +203,6 @@ def test_an_unsigned_image_is_refused_once_and_a_signed_one_is_updated(
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg (scripts/install-deps.sh)")
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/podman_runtime.py takes every 'Source image rejected' for a refusal, but "
-    "containers/image also words a signature that could not be fetched so",
-)
 def test_a_signature_server_that_cannot_be_reached_is_a_passing_failure(stack, units, spawn):
     """The policy needs signatures that live on a web server (a lookaside), and that server is
     down: Podman cannot tell whether the image is signed. Like a registry that is down, this

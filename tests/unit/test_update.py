@@ -5,7 +5,7 @@ import pytest
 from tests.unit.fakes import FakeLocks, FakeRuntime, FakeUnits
 from workers.events import make_event
 from workers.locks import LockTimeoutError
-from workers.podman_runtime import PolicyRefusedError
+from workers.podman_runtime import PolicyRefusedError, _refused_by_policy
 from workers.report import UpdateState
 from workers.systemd_units import UnitState
 from workers.update import UpdateOptions, Updater
@@ -337,3 +337,20 @@ def test_a_pull_the_signature_policy_refuses_fails_and_is_not_retried(runtime):
     assert row.state is UpdateState.FAILED and not row.retryable
     assert "Source image rejected" in row.reason
     assert outcome.lasting == [row] and units.restarts == []
+
+
+@pytest.mark.parametrize(
+    ("message", "refused"),
+    [
+        ("Source image rejected: A signature was required, but no signature exists", True),
+        ("Source image rejected: Invalid GPG signature: ...", True),
+        (
+            'Source image rejected: Get "http://s.example/x": dial tcp: connection refused',
+            False,
+        ),
+        ("Source image rejected: reading signature from http://s.example/x: status 503", False),
+        ("initializing source docker://r.example/app:1: connection refused", False),
+    ],
+)
+def test_only_the_signature_policys_verdict_is_a_refusal(message, refused):
+    assert _refused_by_policy(message) is refused
