@@ -50,6 +50,12 @@ def post(client, body: bytes):
     return client.post("/v1/webhooks/distribution", data=body, headers=headers)
 
 
+def replica_online(primary: Redis) -> bool:
+    """Whether the primary counts a replica in sync (what WAIT counts on)."""
+    info = primary.info("replication")
+    return info["connected_slaves"] == 1 and info["slave0"]["state"] == "online"
+
+
 @pytest.fixture
 def client(redis_url, redis):
     register_host(redis, "host-a")
@@ -57,7 +63,7 @@ def client(redis_url, redis):
         redis_url=redis_url,
         webhook_token=TOKEN,
         redis_wait_replicas=1,
-        redis_wait_timeout=0.5,
+        redis_wait_timeout=1,
     )
     return app.test_client()
 
@@ -72,8 +78,7 @@ def replica(redis_url, redis, tmp_path) -> Iterator[Redis]:
     try:
         wait_for(
             lambda: (
-                client.info("replication")["master_link_status"] == "up"
-                and redis.info("replication")["connected_slaves"] == 1
+                client.info("replication")["master_link_status"] == "up" and replica_online(redis)
             ),
             20,
             "the replica in sync",
@@ -117,7 +122,7 @@ def test_a_delivery_refused_for_want_of_a_replica_is_accepted_once_one_is_back(
     late = Redis(port=server.port)
     try:
         late.replicaof("127.0.0.1", redis.connection_pool.connection_kwargs["port"])
-        wait_for(lambda: late.info("replication")["master_link_status"] == "up", 20, "sync")
+        wait_for(lambda: replica_online(redis), 20, "the replica in sync")
         retried = post(client, delivery("delivery-3", "team/api"))
         assert retried.status_code == 202, retried.json
         # It joined the job the refused delivery had queued.
