@@ -16,7 +16,7 @@ adds a cProfile of N deliveries through the WSGI interface (podhook's logging on
 machine: wrk, Redis and the gunicorn workers share its cores.
 
     .venv/bin/python bench/ingest.py [--workers 4] [--threads 2] [--connections 16]
-        [--duration 10s] [--envelopes 40000] [--profile 0]
+        [--duration 10s] [--envelopes 40000] [--round-trips 200] [--profile 0]
 """
 
 from __future__ import annotations
