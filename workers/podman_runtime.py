@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podman import PodmanClient
+from podman.api import uds as _uds
 from podman.errors import APIError, PodmanError
 
 from workers.authfile import AuthfileError, lookup_credentials
@@ -17,6 +18,21 @@ from workers.reference import InvalidReferenceError, parse_reference
 AUTOUPDATE_LABEL = "io.containers.autoupdate"
 AUTHFILE_LABEL = "io.containers.autoupdate.authfile"
 UNIT_LABEL = "PODMAN_SYSTEMD_UNIT"
+
+
+class _ClosingUDSSocket(_uds.UDSSocket):  # type: ignore[misc]
+    """podman-py's socket, closed when its connect fails (podman-py leaves it open, and each
+    attempt on a stopped Podman service would leak a descriptor)."""
+
+    def connect(self, **kwargs: Any) -> None:  # type: ignore[override]
+        try:
+            super().connect(**kwargs)
+        except BaseException:
+            self.close()
+            raise
+
+
+_uds.UDSSocket = _ClosingUDSSocket  # type: ignore[misc]  # UDSConnection.connect looks it up here
 
 
 class ContainerRuntimeError(Exception):
