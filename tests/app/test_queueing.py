@@ -31,6 +31,7 @@ from workers.queueing import (
     start_work,
     work_key,
 )
+from workers.report import JobReport
 from workers.routing import dispatch_push, route_push
 from workers.update import UpdateOutcome
 
@@ -275,7 +276,7 @@ def test_a_job_under_a_stream_of_pushes_hands_the_rest_to_a_new_job(redis, monke
         looks.append(1)
         if len(looks) <= workers.jobs.MAX_LOOKS:
             dispatch_push(redis, event(f"sha256:{len(looks):064x}"))
-        return UpdateOutcome(), {}
+        return UpdateOutcome(), JobReport(host="a", kind="converge", reference=REFERENCE)
 
     monkeypatch.setattr(workers.jobs, "_run", look)
     work_in_process(redis, "a")
