@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.endpoints import build_endpoints
 from webhook.metrics import register_metrics
+from webhook.sessions import RedisSessionInterface
 from webhook.sources import get_source, source_names
 from workers.redis_connection import connect
 from workers.settings import Settings, load_settings
@@ -72,7 +73,9 @@ def create_app(
         app.secret_key = hmac.new(
             settings.admin_token.encode(), b"podhook page session", hashlib.sha256
         ).hexdigest()
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    # Sessions live in Redis, the cookie (HttpOnly, SameSite=Strict, Secure over TLS or with
+    # PODHOOK_SECURE_COOKIES) carries only their signed id: webhook/sessions.py.
+    app.session_interface = RedisSessionInterface()
 
     from webhook import api, page
     from webhook.routes import blueprint

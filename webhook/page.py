@@ -24,6 +24,8 @@ from flask import (
 from redis.exceptions import RedisError
 
 from webhook.api import is_admin_token
+from webhook.limits import count_failure, seconds_refused
+from webhook.sessions import end_session, start_session
 from workers.fleet import (
     HostSelectionError,
     describe_hosts,
@@ -122,8 +124,13 @@ def _is_csrf_token(candidate: str | None) -> bool:
     return hmac.compare_digest(candidate.encode(), expected.encode())
 
 
-def _login_form(error: str | None = None, status: int = 200) -> Any:
-    return render_template("login.html", error=error), status
+def _login_form(error: str | None = None, status: int = 200, retry_after: int = 0) -> Any:
+    """The login form, carrying the form token of the browser's anonymous session."""
+    unavailable = getattr(session, "error", None)  # the session could not be read
+    if unavailable and error is None:
+        error, status = unavailable, 503
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    return render_template("login.html", error=error, csrf=csrf_token()), status, headers
 
 
 @blueprint.get("/")
@@ -145,7 +152,10 @@ def index() -> Any:
     except RedisError as error:
         log.error("status page: Redis: %s", error)
         return render_template(
-            "page.html", error=f"Redis unavailable: {error}", refresh=REFRESH_SECONDS
+            "page.html",
+            error=f"Redis unavailable: {error}",
+            csrf=csrf_token(),
+            refresh=REFRESH_SECONDS,
         ), 503
     return render_template(
         "page.html",
@@ -163,17 +173,30 @@ def index() -> Any:
 
 @blueprint.post("/login")
 def login() -> Any:
-    """Check the admin token typed into the form and start a session (an HttpOnly,
-    SameSite=Strict cookie signed with a key derived from that token)."""
+    """Check the admin token typed into the form and start a session stored in Redis (its
+    cookie: HttpOnly, SameSite=Strict, signed with a key derived from that token).
+
+    429 while the address is over PODHOOK_LOGIN_LIMIT, before the token is looked at; 403
+    without the form token of the browser's login form; 401 for a wrong token (counted)."""
     settings = _settings()
     if not settings.admin_token:
         return _disabled()
+    address = request.remote_addr
+    wait = seconds_refused("login", address)
+    if wait:
+        return _login_form(f"Too many wrong tokens: try again in {wait} s.", 429, wait)
+    if not _is_csrf_token(request.form.get("csrf")):
+        log.warning("status page: login without a valid form token from %s", address)
+        return _login_form("This form has expired: log in again.", 403)
     if not is_admin_token(settings, request.form.get("token", "").strip()):
-        log.warning("status page: wrong admin token from %s", request.remote_addr)
+        log.warning("status page: wrong admin token from %s", address)
+        count_failure("login", address)
         return _login_form("Wrong token.", 401)
-    session.clear()
-    session["admin"] = True
-    csrf_token()
+    try:
+        start_session(session, {"admin": True, "csrf": secrets.token_urlsafe(32)})
+    except RedisError as error:
+        log.error("status page: session not started: Redis: %s", error)
+        return _login_form(f"Redis unavailable: {error}", 503)
     return redirect(url_for("page.index"), code=303)
 
 
@@ -222,8 +245,19 @@ def reconcile() -> Any:
 
 @blueprint.post("/logout")
 def logout() -> Any:
-    """End the session and go back to the login form."""
+    """End the session (deleted from Redis: its cookie opens nothing afterwards) and go back to
+    the login form. Needs the session's form token (403 without it)."""
     if not _settings().admin_token:
         return _disabled()
-    session.clear()
+    if not session.get("admin"):
+        return redirect(url_for("page.index"), code=303)
+    if not _is_csrf_token(request.form.get("csrf")):
+        log.warning("status page: logout without a valid form token from %s", request.remote_addr)
+        return render_template("refused.html"), 403
+    try:
+        end_session(session)
+    except RedisError as error:
+        log.error("status page: session not ended: Redis: %s", error)
+        reason = f"Not logged out: Redis unavailable: {error}"
+        return render_template("refused.html", reason=reason), 503
     return redirect(url_for("page.index"), code=303)

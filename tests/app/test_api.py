@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -584,8 +585,15 @@ def test_unreachable_redis_is_503():
 # --- the page's login -------------------------------------------------------------------------
 
 
+def form_token(client: Any) -> str:
+    """The form token of the page the client has open (the login form or the status page)."""
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text)
+    return found.group(1) if found else ""
+
+
 def login(client: Any, token: str = ADMIN) -> Any:
-    return client.post("/login", data={"token": token})
+    """Post the login form as a browser does: with the form token of the form it came from."""
+    return client.post("/login", data={"token": token, "csrf": form_token(client)})
 
 
 def test_page_without_admin_token_is_404_with_a_note(redis_url, redis):
@@ -611,7 +619,7 @@ def test_wrong_token_shows_the_form_again_with_401(client, redis):
     assert response.status_code == 401 and "Wrong token" in response.text
     assert "Set-Cookie" not in response.headers
     assert login(client, "").status_code == 401
-    assert client.post("/login").status_code == 401
+    assert client.post("/login").status_code == 403  # no form token
 
 
 def test_login_sets_a_strict_httponly_session_and_logout_ends_it(client, redis, jobs):
@@ -627,7 +635,7 @@ def test_login_sets_a_strict_httponly_session_and_logout_ends_it(client, redis, 
     assert REASON_FAILED.replace("'", "&#39;") in page.text
     assert page.headers["Cache-Control"] == "no-store"
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
-    out = client.post("/logout")
+    out = client.post("/logout", data={"csrf": form_token(client)})
     assert out.status_code == 303
     assert 'name="token"' in client.get("/").text
 
@@ -645,11 +653,15 @@ def test_changing_the_admin_token_ends_every_session(redis_url, redis):
     assert 'name="token"' not in same.get("/").text
 
 
-def test_page_says_when_redis_is_down():
+def test_page_says_when_redis_is_down(redis_url, redis):
+    up = create_app(redis_url=redis_url, admin_token=ADMIN).test_client()
+    login(up)
+    cookie = up.get_cookie("session")
+    assert cookie is not None
     client = create_app(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", admin_token=ADMIN
     ).test_client()
-    login(client)
+    client.set_cookie("session", cookie.value)
     response = client.get("/")
     assert response.status_code == 503 and "Redis unavailable" in response.text
 

@@ -437,7 +437,9 @@ def test_a_misconfigured_container_fails_the_job_is_told_and_keeps_the_host_unhe
     assert json.loads(cli("status", "--json").output)["healthy"] is False
 
     # The page.
-    client.post("/login", data={"token": ADMIN})
+    login_form = client.get("/").text
+    [form_token] = re.findall(r'name="csrf" value="([^"]+)"', login_form)
+    client.post("/login", data={"token": ADMIN, "csrf": form_token})
     page = client.get("/").text
     assert 'class="badge state-failing"' in page
     assert NO_UNIT.replace('"', "&#34;") in page
@@ -577,7 +579,8 @@ def test_a_container_gone_from_the_current_inventory_is_no_problem(redis):
 
 def logged_in(client: Any) -> str:
     """Log in and return the form token the page carries."""
-    assert client.post("/login", data={"token": ADMIN}).status_code == 303
+    [login_token] = re.findall(r'name="csrf" value="([^"]+)"', client.get("/").text)
+    assert client.post("/login", data={"token": ADMIN, "csrf": login_token}).status_code == 303
     page = client.get("/").text
     [token] = re.findall(r'name="csrf" value="([^"]+)"', page)[:1]
     return token
@@ -675,7 +678,7 @@ def test_the_page_wants_one_host_or_all(client, redis, hosts, form):
 
 def test_a_new_login_gets_a_new_form_token(client, redis, hosts):
     first = logged_in(client)
-    client.post("/logout")
+    assert client.post("/logout", data={"csrf": first}).status_code == 303
     second = logged_in(client)
     assert first != second
     assert client.post("/reconcile", data={"csrf": first, "host": "host-a"}).status_code == 403
