@@ -18,7 +18,9 @@ Each round pushes a new image to `app`'s tag (skopeo) and times, from the end of
   for the restart job's result, "done", and stops there), so "done minus settle" is podhook's
   figure to compare with it.
 
-Prints each round, then median and p90 of each figure and the ratios podhook/naive.
+Each round's line also shows the push itself, "notified" (podhook: the job queued; naive: the
+notification received) and "started" (the job's work began; `podman auto-update` started).
+Prints median and p90 of each figure and the ratios podhook/naive.
 
     .venv/bin/python bench/push_to_running.py [--rounds 8] [--others 20] [--settle 2]
 """
