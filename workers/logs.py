@@ -172,9 +172,14 @@ class TextFormatter(logging.Formatter):
         return f"{head} {' '.join(pairs)}{sep}{rest}"
 
 
+# Whitespace or a quote make a text log value need quoting, as does anything isprintable()
+# rejects (control characters, line separators, lone surrogates). Both checks run in C.
+_SPACE_OR_QUOTE = re.compile(r'[\s"]')
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c.isspace() or c == '"' or not c.isprintable() for c in text):
+    if not text or not text.isprintable() or _SPACE_OR_QUOTE.search(text):
         # Quoted and escaped: a value cannot end the line or forge another field.
         return escape_unsafe(json.dumps(text, ensure_ascii=False))
     return text
