@@ -8,10 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from podman import PodmanClient
-from podman.api import uds as _uds
-from podman.errors import APIError, PodmanError
-
 from workers.authfile import AuthfileError, lookup_credentials
 from workers.reference import InvalidReferenceError, parse_reference
 
@@ -20,19 +16,27 @@ AUTHFILE_LABEL = "io.containers.autoupdate.authfile"
 UNIT_LABEL = "PODMAN_SYSTEMD_UNIT"
 
 
-class _ClosingUDSSocket(_uds.UDSSocket):  # type: ignore[misc]
-    """podman-py's socket, closed when its connect fails (podman-py leaves it open, and each
-    attempt on a stopped Podman service would leak a descriptor)."""
+def _load_podman_py() -> Any:
+    """Import podman-py (only where Podman is used: the web app never needs it), with its
+    socket closed when a connect fails (podman-py leaves it open, and each attempt on a
+    stopped Podman service would leak a descriptor). Returns the ``podman`` package."""
+    import podman  # noqa: PLC0415
+    from podman.api import uds  # noqa: PLC0415
 
-    def connect(self, **kwargs: Any) -> None:  # type: ignore[override]
-        try:
-            super().connect(**kwargs)
-        except BaseException:
-            self.close()
-            raise
+    if not getattr(uds.UDSSocket, "closes_on_failed_connect", False):
 
+        class ClosingUDSSocket(uds.UDSSocket):  # type: ignore[misc]
+            closes_on_failed_connect = True
 
-_uds.UDSSocket = _ClosingUDSSocket  # type: ignore[misc]  # UDSConnection.connect looks it up here
+            def connect(self, **kwargs: Any) -> None:  # type: ignore[override]
+                try:
+                    super().connect(**kwargs)
+                except BaseException:
+                    self.close()
+                    raise
+
+        uds.UDSSocket = ClosingUDSSocket  # type: ignore[misc]  # looked up by UDSConnection
+    return podman
 
 
 class ContainerRuntimeError(Exception):
@@ -169,7 +173,13 @@ class PodmanRuntime:
 
     def __init__(self, url: str, timeout: float = 300.0) -> None:
         self.url = url
-        self._client = PodmanClient(base_url=url, timeout=timeout)
+        podman = _load_podman_py()
+        self._errors: tuple[type[BaseException], ...] = (
+            podman.errors.APIError,
+            podman.errors.PodmanError,
+            OSError,
+        )
+        self._client = podman.PodmanClient(base_url=url, timeout=timeout)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -179,7 +189,7 @@ class PodmanRuntime:
         try:
             response = getattr(self._client.api, method)(path, **kwargs)
             response.raise_for_status()
-        except (APIError, PodmanError, OSError) as error:
+        except self._errors as error:
             raise ContainerRuntimeError(f"{what}: {error}") from error
         return response
 
