@@ -5,9 +5,11 @@ them to converge.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from workers.desired import record_push
 from workers.events import PushEvent
@@ -34,6 +36,7 @@ for host, _ in pairs(candidates) do
 end
 return routed
 """
+_ROUTE_SHA = hashlib.sha1(_ROUTE.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
 
 def route_push(
@@ -51,11 +54,12 @@ def route_push(
     heartbeat is older than ``stale_after`` seconds gets nothing. Raises redis.RedisError.
     """
     now = time.time() if now is None else now
-    script = redis.register_script(_ROUTE)
-    hosts = script(
-        keys=[REFERENCE_HOSTS_KEY.format(reference=reference), INVENTORY_AT_KEY, HOSTS_KEY],
-        args=[repr(now - stale_after), repr(now - inventory_max_age)],
-    )
+    keys = [REFERENCE_HOSTS_KEY.format(reference=reference), INVENTORY_AT_KEY, HOSTS_KEY]
+    args = [repr(now - stale_after), repr(now - inventory_max_age)]
+    try:
+        hosts = redis.evalsha(_ROUTE_SHA, len(keys), *keys, *args)
+    except NoScriptError:  # a Redis that has not seen it yet (or restarted): send it whole
+        hosts = redis.eval(_ROUTE, len(keys), *keys, *args)
     return sorted(host.decode() if isinstance(host, bytes) else host for host in hosts)
 
 
