@@ -19,7 +19,8 @@ the bus (importing pydbus and GLib, connecting, Subscribe), the restart (Restart
 job is "done": the container runs), the settle window and the check after it, the report
 (saved, counted, the work key released, notified), RQ's end of the job and the worker seeing
 the work-horse exit. Also the worker's start-up reconcile of every container, with its
-manifest HEADs and image inspects.
+manifest HEADs and image inspects, and the listings the worker's main process makes meanwhile
+(it publishes the inventory on Podman's container events).
 
     .venv/bin/python bench/job_trace.py [--jobs 5] [--others 20] [--settle 2] [--preload]
 """
@@ -295,6 +296,18 @@ def main() -> None:
                 if states != want:
                     raise SystemExit(f"{kind}: rows {states}, not {want}")
                 marks, phases = phases_of(lines, worker_pid, pushed, queued)
+                end = marks.get("worker:monitor-", float("inf"))
+                meanwhile = [
+                    d
+                    for stamp, d in zip(
+                        [t for t, pid, label in lines if pid == worker_pid and label == "list+"],
+                        durations(lines, worker_pid, "list"),
+                        strict=False,
+                    )
+                    if stamp <= end
+                ]
+                phases["worker listings"] = len(meanwhile)
+                phases["worker listings ms"] = sum(meanwhile)
                 results[kind].append(phases)
                 totals[kind].append(
                     (
@@ -334,6 +347,12 @@ def print_table(
         cell = f"{statistics.median(values) * 1000:.0f}" if values else "-"
         cells.append(f"{cell:>{max(11, len(kind))}}")
     print(f"{'push end → restart done (running)':<{width}} " + " ".join(cells))
+    cells = []
+    for kind in kinds:
+        count = statistics.median(p["worker listings"] for p in results[kind])
+        spent = statistics.median(p["worker listings ms"] for p in results[kind]) * 1000
+        cells.append(f"{f'{count:.0f}: {spent:.0f} ms':>{max(11, len(kind))}}")
+    print(f"{'meanwhile: worker inventory listings':<{width}} " + " ".join(cells))
 
 
 if __name__ == "__main__":
