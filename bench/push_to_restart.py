@@ -97,18 +97,19 @@ def main() -> None:
             done = time.time()
             if record.state != "finished":
                 raise SystemExit(f"push {number}: job {record.state}: {record.error}")
-            [row] = record.report["containers"]
+            assert record.report is not None
+            [row] = record.report.rows
             delivery = next(
                 e.data
                 for e in audit.read(redis, kind="delivery")
                 if any(j["job"] == job_id for j in e.data["jobs"])
             )
-            started = record.report["started_at"]
+            started = record.report.started_at or 0.0
             totals.append(done - pushed)
             print(
                 f"{number:>4} {done - pushed:6.2f}s {delivery['queued_at'] - push_started:6.2f}s "
-                f"{started - delivery['queued_at']:5.2f}s {row['timings']['pulled']:5.2f}s "
-                f"{row['timings']['active'] - row['timings']['pulled']:13.2f}s"
+                f"{started - delivery['queued_at']:5.2f}s {row.timings['pulled']:5.2f}s "
+                f"{row.timings['active'] - row.timings['pulled']:13.2f}s"
                 f"   (push itself {pushed - push_started:.2f}s)"
             )
         median = statistics.median(totals)
