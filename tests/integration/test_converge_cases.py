@@ -410,7 +410,7 @@ def test_one_unit_failing_on_a_pushed_image_rolls_back_every_unit_of_the_referen
         assert rows["crollback-a"].reason.startswith(f"{failing} failed: ")
         for row in rows.values():
             assert row.reason.endswith("rolled back to the previous image")
-            assert row["old_image"] == v1_image != row["new_image"]
+            assert row.old_image == v1_image != row.new_image
 
         for unit in (healthy, failing):
             stack.wait_unit(unit, "active", 60)
