@@ -103,7 +103,16 @@ def rows_for(redis: Redis, name: str) -> list[dict[str, Any]]:
 
 
 def starts_of(stack: Any, name: str, since: float) -> int:
-    """How many times a container named ``name`` started since ``since`` (Podman's events)."""
+    """How many times a container named ``name`` started since ``since`` (Podman's events),
+    once its events are there to read (their log may lag a moment behind)."""
+    try:
+        wait_for(lambda: _starts(stack, name, since) > 0, 10, f"{name}'s start events", 0.5)
+    except HarnessError:
+        return 0
+    return _starts(stack, name, since)
+
+
+def _starts(stack: Any, name: str, since: float) -> int:
     out = stack.podman(
         "events",
         "--since",
