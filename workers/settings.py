@@ -199,7 +199,6 @@ class Settings:
                 setting="job_timeout",
             )
 
-
     def _check_redis(self) -> None:
         """Raise SettingsError naming the Redis or Sentinel setting that cannot be used."""
         sentinels = _parse_list("redis_sentinels", self.redis_sentinels)
