@@ -32,13 +32,15 @@ class AuditEntry:
 def record(redis: Redis, kind: str, data: dict[str, Any], retention_seconds: int) -> str:
     """Append an entry, trimming entries older than ``retention_seconds``. Returns its id."""
     oldest_ms = int((time.time() - retention_seconds) * 1000)
-    entry_id = redis.xadd(
+    pipe = redis.pipeline(transaction=False)  # one round trip for both
+    pipe.xadd(
         AUDIT_STREAM,
         {"kind": kind, "data": json.dumps(data, separators=(",", ":"))},
         minid=oldest_ms,
         approximate=True,
     )
-    redis.xtrim(AUDIT_STREAM, maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+    pipe.xtrim(AUDIT_STREAM, maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+    entry_id = pipe.execute()[0]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
