@@ -441,31 +441,14 @@ class Updater:
                 # Restarted, but Podman did not answer to show what runs: neither success nor a
                 # reason to roll back. The journal keeps the attempt; the next one verifies.
                 for u in sorted(by_unit)[index:]:
-                    for container, image in by_unit[u]:
-                        outcome.rows.append(
-                            _row(
-                                container,
-                                UpdateState.FAILED,
-                                str(unverified) if u == unit else f"not restarted: {unverified}",
-                                old=container.image_id,
-                                new=image.id,
-                                retryable=True,
-                            )
-                        )
+                    reason = str(unverified) if u == unit else f"not restarted: {unverified}"
+                    outcome.rows += _pair_rows(
+                        by_unit[u], UpdateState.FAILED, reason, retryable=True
+                    )
                 return
             except (LockTimeoutError, ContainerRuntimeError) as error:
                 # Raised before any restart: nothing changed, another attempt may succeed.
-                for container, image in pairs:
-                    outcome.rows.append(
-                        _row(
-                            container,
-                            UpdateState.FAILED,
-                            str(error),
-                            old=container.image_id,
-                            new=image.id,
-                            retryable=True,
-                        )
-                    )
+                outcome.rows += _pair_rows(pairs, UpdateState.FAILED, str(error), retryable=True)
                 continue
             if problem is None:
                 log.info("%s is active on the new image", unit, extra={"unit": unit})
@@ -485,29 +468,20 @@ class Updater:
             return
         finished = elapsed()
         for unit in already:
-            for container, image in by_unit[unit]:
-                outcome.rows.append(
-                    _row(
-                        container,
-                        UpdateState.UNCHANGED,
-                        f"{unit} already runs the new image",
-                        old=image.id,
-                        new=image.id,
-                        timings={"finished": finished},
-                    )
-                )
+            outcome.rows += _pair_rows(
+                by_unit[unit],
+                UpdateState.UNCHANGED,
+                f"{unit} already runs the new image",
+                timings={"finished": finished},
+                already=True,
+            )
         for unit in done:
-            for container, image in by_unit[unit]:
-                outcome.rows.append(
-                    _row(
-                        container,
-                        UpdateState.UPDATED,
-                        f"restarted {unit} on the new image",
-                        old=container.image_id,
-                        new=image.id,
-                        timings={"pulled": pulled_at, "active": finished, "finished": finished},
-                    )
-                )
+            outcome.rows += _pair_rows(
+                by_unit[unit],
+                UpdateState.UPDATED,
+                f"restarted {unit} on the new image",
+                timings={"pulled": pulled_at, "active": finished, "finished": finished},
+            )
 
     def _hand_off(
         self,
@@ -532,47 +506,29 @@ class Updater:
                     for name, image_id in (self._running_images(unit) or {}).items()
                 }
                 if all(running.get(c.name) == image.id for c, image in changed):
-                    for container, image in changed:
-                        outcome.rows.append(
-                            _row(
-                                container,
-                                UpdateState.UNCHANGED,
-                                f"{container.unit} already runs the new image",
-                                old=image.id,
-                                new=image.id,
-                                timings={"finished": elapsed()},
-                            )
+                    for unit in units:
+                        outcome.rows += _pair_rows(
+                            [(c, image) for c, image in changed if c.unit == unit],
+                            UpdateState.UNCHANGED,
+                            f"{unit} already runs the new image",
+                            timings={"finished": elapsed()},
+                            already=True,
                         )
                     return
                 transient = self.handoff.hand_off(changed, self.options.rollback)
                 for unit in units:
                     self.locks.keep(unit, keep_for)
             except (LockTimeoutError, UnitError) as error:
-                for container, image in changed:
-                    outcome.rows.append(
-                        _row(
-                            container,
-                            UpdateState.FAILED,
-                            str(error),
-                            old=container.image_id,
-                            new=image.id,
-                            retryable=True,
-                        )
-                    )
+                outcome.rows += _pair_rows(changed, UpdateState.FAILED, str(error), retryable=True)
                 return
         log.info("restart of %s handed to %s", " ".join(units), transient)
-        for container, image in changed:
-            outcome.rows.append(
-                _row(
-                    container,
-                    UpdateState.HANDED_OFF,
-                    f"{container.unit} runs this worker or its Redis: its restart is handed to "
-                    f"{transient}, which rolls back on failure; this row is completed when "
-                    "that is over",
-                    old=container.image_id,
-                    new=image.id,
-                    timings={"pulled": elapsed(), "finished": elapsed()},
-                )
+        for unit in units:
+            outcome.rows += _pair_rows(
+                [(c, image) for c, image in changed if c.unit == unit],
+                UpdateState.HANDED_OFF,
+                f"{unit} runs this worker or its Redis: its restart is handed to {transient}, "
+                "which rolls back on failure; this row is completed when that is over",
+                timings={"pulled": elapsed(), "finished": elapsed()},
             )
 
     def _fail_reference(
@@ -597,29 +553,16 @@ class Updater:
             states = self._roll_back(by_unit, restarted, failed_unit, problem)
         for unit in restarted:
             state, reason = states[unit]
-            for container, image in by_unit[unit]:
-                outcome.rows.append(
-                    _row(
-                        container,
-                        state,
-                        reason,
-                        old=container.image_id,
-                        new=image.id,
-                        timings={"pulled": pulled_at, "finished": elapsed()},
-                    )
-                )
+            outcome.rows += _pair_rows(
+                by_unit[unit], state, reason, timings={"pulled": pulled_at, "finished": elapsed()}
+            )
         for unit in untouched:
-            for container, image in by_unit[unit]:
-                outcome.rows.append(
-                    _row(
-                        container,
-                        UpdateState.FAILED,
-                        f"not restarted: {failed_unit} failed on the same new image ({problem})",
-                        old=container.image_id,
-                        new=image.id,
-                        timings={"finished": elapsed()},
-                    )
-                )
+            outcome.rows += _pair_rows(
+                by_unit[unit],
+                UpdateState.FAILED,
+                f"not restarted: {failed_unit} failed on the same new image ({problem})",
+                timings={"finished": elapsed()},
+            )
 
     def _roll_back(
         self,
@@ -898,6 +841,31 @@ class Updater:
 
 # Seconds between two runs of a container's health check while it is starting.
 _HEALTH_POLL = 1.0
+
+
+def _pair_rows(
+    pairs: list[tuple[Container, Image]],
+    state: UpdateState,
+    reason: str,
+    *,
+    timings: dict[str, float] | None = None,
+    retryable: bool = False,
+    already: bool = False,
+) -> list[ContainerReport]:
+    """One row per (container, new image) pair, from the container's image to the new one
+    (``already``: the container runs the new image, so both are it)."""
+    return [
+        _row(
+            container,
+            state,
+            reason,
+            old=image.id if already else container.image_id,
+            new=image.id,
+            timings=dict(timings or {}),
+            retryable=retryable,
+        )
+        for container, image in pairs
+    ]
 
 
 class _Unverified(Exception):
