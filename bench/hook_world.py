@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -38,7 +37,6 @@ TOKEN = "bench-token"
 HOST = "bench-host"
 PODHOOK = str(Path(sys.executable).parent / "podhook")
 NAIVE_HOOK = str(Path(__file__).resolve().parent / "naive_hook.py")
-SYSTEM_MANAGER_SOCKET = Path("/run/systemd/private")
 MANIFEST_TYPES = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -64,44 +62,13 @@ def percentile(values: Iterable[float], share: float) -> float:
 
 @contextlib.contextmanager
 def system_manager_socket(stack: harness.Stack) -> Iterator[Path]:
-    """``/run/systemd/private`` linked to the stack's user manager for the block.
-
-    Podman 4.3's auto-update, run as root, dials the system manager's private socket (see
-    tests/integration/test_autoupdate_parity.py). Refuses (SystemExit) when that path exists
-    and is not a link a bench or test made for a stack that is gone; removes its link after.
-    """
-    target = Path(stack.env["XDG_RUNTIME_DIR"]) / "systemd" / "private"
-    if not target.exists():
-        raise SystemExit(f"the user manager has no private socket at {target}")
-    if os.path.lexists(SYSTEM_MANAGER_SOCKET):
-        if not _stale_link(SYSTEM_MANAGER_SOCKET):
-            raise SystemExit(
-                f"{SYSTEM_MANAGER_SOCKET} exists and is not a link of a finished stack: "
-                "not replacing it (a systemd system manager, or another run in progress)"
-            )
-        SYSTEM_MANAGER_SOCKET.unlink()
-    made_dir = not SYSTEM_MANAGER_SOCKET.parent.exists()
-    SYSTEM_MANAGER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
-    SYSTEM_MANAGER_SOCKET.symlink_to(target)
+    """The harness's link of ``/run/systemd/private`` to the stack's user manager for the
+    block (Podman 4.3's auto-update as root dials it); a SystemExit when the path is taken."""
     try:
-        yield target
-    finally:
-        if SYSTEM_MANAGER_SOCKET.is_symlink() and os.readlink(SYSTEM_MANAGER_SOCKET) == str(target):
-            SYSTEM_MANAGER_SOCKET.unlink()
-        if made_dir:
-            with contextlib.suppress(OSError):
-                SYSTEM_MANAGER_SOCKET.parent.rmdir()
-
-
-def _stale_link(path: Path) -> bool:
-    if not path.is_symlink():
-        return False
-    target = os.readlink(path)
-    return (
-        target.startswith("/tmp/podhook-it-")
-        and target.endswith("/xdg-runtime/systemd/private")
-        and not os.path.exists(target)
-    )
+        with harness.system_manager_socket(stack) as target:
+            yield target
+    except harness.SocketTakenError as error:
+        raise SystemExit(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------

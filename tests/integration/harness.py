@@ -317,8 +317,10 @@ def start_redis(
     port: int | None = None,
     timeout: float = 20.0,
     env: Mapping[str, str] | None = None,
+    aof: bool = False,
 ) -> RedisServer:
-    """A throwaway redis-server on 127.0.0.1 (no RDB, no AOF), its files in ``directory``."""
+    """A throwaway redis-server on 127.0.0.1, its files in ``directory``: no RDB, and no AOF
+    unless ``aof`` (then fsynced at every write, so a SIGKILL loses nothing written)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = ManagedProcess(
@@ -331,8 +333,11 @@ def start_redis(
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(
+                ("--appendonly", "yes", "--appendfsync", "always")
+                if aof
+                else ("--appendonly", "no")
+            ),
             "--dir",
             str(directory),
             "--daemonize",
@@ -1588,6 +1593,57 @@ def _process_identity(pid: int) -> str:
     if fields[0] in ("Z", "X"):
         return ""
     return f"{pid} {fields[19]}"
+
+
+# --------------------------------------------------------------------------------------------
+# /run/systemd/private, for `podman auto-update` as a reference
+
+SYSTEM_MANAGER_SOCKET = Path("/run/systemd/private")
+
+
+class SocketTakenError(HarnessError):
+    """Raised when /run/systemd/private is something this harness did not make."""
+
+
+def _stale_link(path: Path) -> bool:
+    """Whether ``path`` is a link made for a stack that is gone (a killed session)."""
+    if not path.is_symlink():
+        return False
+    target = os.readlink(path)
+    return (
+        target.startswith("/tmp/podhook-it-")
+        and target.endswith("/xdg-runtime/systemd/private")
+        and not os.path.exists(target)
+    )
+
+
+@contextlib.contextmanager
+def system_manager_socket(stack: Stack) -> Iterator[Path]:
+    """``/run/systemd/private`` linked to the stack's user manager for the block, removed
+    after. Podman 4.3's auto-update, run as root, dials the system manager's private socket,
+    even for --dry-run. Raises SocketTakenError when that path is something else (a real
+    system manager, another run's link): it is not ours to replace."""
+    target = Path(stack.env["XDG_RUNTIME_DIR"]) / "systemd" / "private"
+    if not target.exists():
+        raise HarnessError(f"the user manager has no private socket at {target}")
+    if os.path.lexists(SYSTEM_MANAGER_SOCKET):
+        if not _stale_link(SYSTEM_MANAGER_SOCKET):
+            raise SocketTakenError(
+                f"{SYSTEM_MANAGER_SOCKET} exists and is not a link of a finished stack: "
+                "not replacing it (a systemd system manager, or another run in progress)"
+            )
+        SYSTEM_MANAGER_SOCKET.unlink()
+    made_dir = not SYSTEM_MANAGER_SOCKET.parent.exists()
+    SYSTEM_MANAGER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    SYSTEM_MANAGER_SOCKET.symlink_to(target)
+    try:
+        yield target
+    finally:
+        if SYSTEM_MANAGER_SOCKET.is_symlink() and os.readlink(SYSTEM_MANAGER_SOCKET) == str(target):
+            SYSTEM_MANAGER_SOCKET.unlink()
+        if made_dir:
+            with contextlib.suppress(OSError):
+                SYSTEM_MANAGER_SOCKET.parent.rmdir()
 
 
 def cleanup_stale_stacks(parent: Path = Path("/tmp")) -> list[Path]:

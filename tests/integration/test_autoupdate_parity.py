@@ -13,24 +13,21 @@ system manager here: a fixture points that path at the harness's user manager fo
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
 from harness import run
+from podhook_support import reconcile_here
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 HOST_ID = "parity-host"
-SYSTEM_MANAGER_SOCKET = Path("/run/systemd/private")
 # The fields both tools print; Container is "<short id> (<name>)" and so follows from these.
 COMPARED = ("Unit", "Container", "ContainerID", "Image", "Policy", "Updated")
 
@@ -41,15 +38,7 @@ COMPARED = ("Unit", "Container", "ContainerID", "Image", "Policy", "Updated")
 
 def podhook_reconcile(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """`podhook reconcile` on this host: the stack's Podman socket and bus, no Redis."""
-    env = {**stack.env, "PODHOOK_HOST_ID": HOST_ID, "PODHOOK_SETTLE_SECONDS": "1"}
-    env.pop("PODHOOK_REDIS_URL", None)
-    return subprocess.run(
-        [PODHOOK, "reconcile", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return reconcile_here(stack, HOST_ID, *args)
 
 
 def podman_autoupdate(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
@@ -57,40 +46,16 @@ def podman_autoupdate(stack: Any, *args: str) -> subprocess.CompletedProcess[str
     return run(["podman", "auto-update", *args], stack.podman_env, timeout=300, check=False)
 
 
-def _stale_link(path: Path) -> bool:
-    """Whether ``path`` is a link this test made for a stack that is gone (a killed session)."""
-    if not path.is_symlink():
-        return False
-    target = os.readlink(path)
-    return (
-        target.startswith("/tmp/podhook-it-")
-        and target.endswith("/xdg-runtime/systemd/private")
-        and not os.path.exists(target)
-    )
-
-
 @pytest.fixture
 def system_manager_socket(stack: Any) -> Iterator[Path]:
     """``/run/systemd/private`` linked to the stack's user manager's private socket for the
     test, and removed afterwards. Skips when that path is something else (a real system
     manager, another session's link): it is not this test's to replace."""
-    target = Path(stack.env["XDG_RUNTIME_DIR"]) / "systemd" / "private"
-    assert target.exists(), f"the user manager has no private socket at {target}"
-    if os.path.lexists(SYSTEM_MANAGER_SOCKET):
-        if not _stale_link(SYSTEM_MANAGER_SOCKET):
-            pytest.skip(f"{SYSTEM_MANAGER_SOCKET} exists and is not this test's link")
-        SYSTEM_MANAGER_SOCKET.unlink()
-    made_dir = not SYSTEM_MANAGER_SOCKET.parent.exists()
-    SYSTEM_MANAGER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
-    SYSTEM_MANAGER_SOCKET.symlink_to(target)
     try:
-        yield target
-    finally:
-        if SYSTEM_MANAGER_SOCKET.is_symlink() and os.readlink(SYSTEM_MANAGER_SOCKET) == str(target):
-            SYSTEM_MANAGER_SOCKET.unlink()
-        if made_dir:
-            with contextlib.suppress(OSError):
-                SYSTEM_MANAGER_SOCKET.parent.rmdir()
+        with harness.system_manager_socket(stack) as target:
+            yield target
+    except harness.SocketTakenError as error:
+        pytest.skip(str(error))
 
 
 # --------------------------------------------------------------------------------------------
