@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from podhook_support import PODHOOK, reconcile_here
 from redis import Redis
 
 from workers.hosts import forget_host, get_hosts
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 HOST_ID = "converge-host"
 
 
 def reconcile(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """`podhook reconcile` on this host: the stack's Podman socket and bus, no Redis."""
-    env = {**stack.env, "PODHOOK_HOST_ID": HOST_ID, "PODHOOK_SETTLE_SECONDS": "1"}
-    env.pop("PODHOOK_REDIS_URL", None)
-    return subprocess.run(
-        [PODHOOK, "reconcile", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return reconcile_here(stack, HOST_ID, *args)
 
 
 def test_reconcile_finds_a_push_nobody_was_told_about_and_applies_it(stack, units):

@@ -9,7 +9,6 @@ Each test has a host of its own, forgotten at the end, and repositories under ``
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,18 +26,18 @@ from harness import (
     start_registry,
     wait_for,
 )
+from podhook_support import PODHOOK, start_worker
 from redis import Redis
 
 from workers import audit
 from workers.desired import get_desired
 from workers.events import make_event
-from workers.hosts import forget_host, get_hosts
+from workers.hosts import forget_host
 from workers.inventory import get_inventory
 from workers.joblog import JobRecord, get_job, list_jobs
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 TOKEN = "cases-token-5b2e81"
 # The periodic reconcile's interval in the first test: the lowest the settings admit is 1 s
 # (0 turns it off); a few seconds leave the start-up reconcile time to end before the next.
@@ -59,22 +58,6 @@ BREAKS_WITH_CASES_BREAK = (
 
 def redis_of(stack: Any) -> Redis:
     return Redis.from_url(stack.env["PODHOOK_REDIS_URL"])
-
-
-def start_worker(
-    spawn: Callable[..., ManagedProcess], redis: Redis, host: str, **settings: str
-) -> ManagedProcess:
-    """`podhook worker` for ``host`` (settle 2 s), ``settings`` as PODHOOK_<NAME> variables;
-    returns once the host has registered."""
-    env = {"PODHOOK_HOST_ID": host, "PODHOOK_SETTLE_SECONDS": "2", "PODHOOK_RESTART_TIMEOUT": "60"}
-    env |= {f"PODHOOK_{name.upper()}": value for name, value in settings.items()}
-    return spawn(
-        [PODHOOK, "worker"],
-        env=env,
-        name=f"worker-{host}",
-        ready=lambda: host in get_hosts(redis),
-        timeout=60,
-    )
 
 
 def start_webhook(

@@ -11,56 +11,31 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import (
     HarnessError,
-    ManagedProcess,
-    RedisServer,
     free_port,
     start_podman_service,
+    start_redis,
     wait_for,
 )
+from podhook_support import outcomes, push, rows_for, start_worker
 from redis import Redis
 
-from workers import audit
 from workers.attempts import ATTEMPTS_KEY
 from workers.events import make_event
-from workers.hosts import forget_host, get_hosts, register_host
+from workers.hosts import forget_host, register_host
 from workers.queueing import request_convergence
 from workers.routing import dispatch_push
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 # Runs for two seconds, then fails: every start of its unit ends in a crash loop.
 CRASHES_AFTER_TWO_SECONDS = ("/bin/sh", "-c", "sleep 2; echo 'this release crashes'; exit 1")
-
-
-def start_worker(
-    spawn: Callable[..., ManagedProcess], redis: Redis, host: str, **settings: str
-) -> ManagedProcess:
-    """`podhook worker` for ``host``, ``settings`` as PODHOOK_<NAME> variables (settle 2 s, no
-    periodic reconcile); returns once the host has registered."""
-    env = {
-        "PODHOOK_HOST_ID": host,
-        "PODHOOK_SETTLE_SECONDS": "2",
-        "PODHOOK_RESTART_TIMEOUT": "60",
-        "PODHOOK_RECONCILE_INTERVAL": "0",
-    }
-    env |= {f"PODHOOK_{name.upper()}": value for name, value in settings.items()}
-    return spawn(
-        [PODHOOK, "worker"],
-        env=env,
-        name=f"worker-{host}",
-        ready=lambda: host in get_hosts(redis),
-        timeout=60,
-    )
 
 
 def children(pid: int) -> set[int]:
@@ -74,32 +49,10 @@ def children(pid: int) -> set[int]:
     return found
 
 
-def push(redis: Redis, image: Any) -> str:
-    """What the app does with a registry's push of ``image``: returns the job id."""
-    registry, _, _ = image.ref.partition("/")
-    [queued] = dispatch_push(redis, make_event(registry, image.repository, image.tag, image.digest))
-    return queued.job_id
-
-
 def phase_of(redis: Redis, host: str, unit: str) -> str | None:
     """The phase the journal records for an update of ``unit`` in progress, if any."""
     raw = redis.hget(ATTEMPTS_KEY.format(host=host), unit)
     return json.loads(raw)["phase"] if raw else None
-
-
-def outcomes(redis: Redis) -> list[dict[str, Any]]:
-    """The job reports in the audit trail, oldest first."""
-    return [entry.data for entry in reversed(audit.read(redis, kind="outcome", limit=500))]
-
-
-def rows_for(redis: Redis, name: str) -> list[dict[str, Any]]:
-    """Every report row about container ``name`` in the audit trail, oldest first."""
-    return [
-        row
-        for report in outcomes(redis)
-        for row in report.get("containers", [])
-        if row.get("container_name") == name
-    ]
 
 
 def starts_of(stack: Any, name: str, since: float) -> int:
@@ -144,7 +97,7 @@ def test_a_work_horse_killed_while_restarting_a_good_image_converges_with_one_re
     stack.registry.configure(None)
     v1 = stack.build_and_push("faults/horse", "1", marker="horse-v1")
     unit = units.container("fhorse", v1.ref, stop_timeout=3)
-    worker = start_worker(spawn, redis, host)
+    worker = start_worker(spawn, redis, host, reconcile_interval="0")
     try:
         v2 = stack.build_and_push("faults/horse", "1", marker="horse-v2")
         pushed_at = time.time()
@@ -183,7 +136,7 @@ def test_a_worker_killed_in_the_verify_window_of_a_bad_image_is_rolled_back_by_t
     v1 = stack.build_and_push("faults/verify", "1", marker="verify-v1")
     unit = units.container("fverify", v1.ref)
     v1_image = stack.container_info("fverify")["image_id"]
-    worker = start_worker(spawn, redis, host, settle_seconds="6")
+    worker = start_worker(spawn, redis, host, settle_seconds="6", reconcile_interval="0")
     bad = stack.build_and_push(
         "faults/verify", "1", marker="verify-bad", command=CRASHES_AFTER_TWO_SECONDS
     )
@@ -224,7 +177,7 @@ def test_the_podman_service_down_for_20_seconds_during_a_job_is_waited_out(stack
     stack.registry.configure(None)
     v1 = stack.build_and_push("faults/podman", "1", marker="podman-v1")
     unit = units.container("fpodman", v1.ref)
-    worker = start_worker(spawn, redis, host)
+    worker = start_worker(spawn, redis, host, reconcile_interval="0")
     try:
         v2 = stack.build_and_push("faults/podman", "1", marker="podman-v2")
         pushed_at = time.time()
@@ -254,42 +207,11 @@ def test_the_podman_service_down_for_20_seconds_during_a_job_is_waited_out(stack
         forget_host(redis, host)
 
 
-def start_aof_redis(directory: Path, port: int) -> RedisServer:
-    """A redis-server with its append-only file fsynced at every write, in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    process = ManagedProcess(
-        "redis-aof",
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(directory),
-            "--protected-mode",
-            "no",
-        ],
-        {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        directory / "redis.log",
-        cwd=directory,
-    )
-    server = RedisServer(port, process)
-    wait_for(lambda: process.check_alive() is None and server.ping(), 20, "redis with AOF")
-    return server
-
-
 def test_redis_killed_and_restarted_with_aof_runs_every_queued_job_once(stack, spawn):
     host = "faults-redis"
     port = free_port()
     directory = stack.root / "redis-aof"
-    server = start_aof_redis(directory, port)
+    server = start_redis(directory, port, aof=True)
     url = f"redis://127.0.0.1:{port}/0"
     redis = Redis.from_url(url)
     images = [
@@ -300,9 +222,9 @@ def test_redis_killed_and_restarted_with_aof_runs_every_queued_job_once(stack, s
         register_host(redis, host)
         queued = [dispatch_push(redis, event)[0].job_id for event in images]  # no worker yet
         server.process.stop(sig=signal.SIGKILL)
-        server = start_aof_redis(directory, port)  # the same files: the AOF replayed
+        server = start_redis(directory, port, aof=True)  # the same files: the AOF replayed
 
-        worker = start_worker(spawn, redis, host, redis_url=url)
+        worker = start_worker(spawn, redis, host, redis_url=url, reconcile_interval="0")
         wait_for(
             lambda: all(j in {e.get("job") for e in outcomes(redis)} for j in queued),
             60,
@@ -315,7 +237,7 @@ def test_redis_killed_and_restarted_with_aof_runs_every_queued_job_once(stack, s
         # Redis killed and back while the worker idles: it carries on without a restart.
         server.process.stop(sig=signal.SIGKILL)
         time.sleep(3)
-        server = start_aof_redis(directory, port)
+        server = start_redis(directory, port, aof=True)
         after = request_convergence(redis, host, "registry.faults.invalid/faults/after:1").job_id
         try:
             wait_for(

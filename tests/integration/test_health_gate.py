@@ -4,37 +4,17 @@ back, and the row names the check."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 from harness import HarnessError, wait_for
+from podhook_support import push, rows_for, start_worker
 from redis import Redis
 
-from workers import audit
-from workers.events import make_event
-from workers.hosts import forget_host, get_hosts
-from workers.routing import dispatch_push
+from workers.hosts import forget_host
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 HOST = "health-host"
 HEALTH_CHECK = ["--health-cmd", "cat /healthy", "--health-retries", "2", "--health-interval", "1s"]
-
-
-def rows_for(redis: Redis, name: str) -> list[dict[str, Any]]:
-    """Every report row about container ``name`` in the audit trail, oldest first."""
-    reports = [e.data for e in reversed(audit.read(redis, kind="outcome", limit=500))]
-    return [
-        r for report in reports for r in report.get("containers", []) if r["container_name"] == name
-    ]
-
-
-def push(redis: Redis, image: Any) -> None:
-    registry, _, _ = image.ref.partition("/")
-    dispatch_push(redis, make_event(registry, image.repository, image.tag, image.digest))
 
 
 def test_a_healthy_image_is_updated_and_an_unhealthy_one_rolled_back(stack, units, spawn):
@@ -43,18 +23,14 @@ def test_a_healthy_image_is_updated_and_an_unhealthy_one_rolled_back(stack, unit
     healthy = {"healthy": "yes"}
     v1 = stack.build_and_push("health/web", "1", marker="health-v1", extra_files=healthy)
     unit = units.container("chealth", v1.ref, extra_args=HEALTH_CHECK)
-    worker = spawn(
-        [PODHOOK, "worker"],
-        env={
-            "PODHOOK_HOST_ID": HOST,
-            "PODHOOK_SETTLE_SECONDS": "1",
-            "PODHOOK_RESTART_TIMEOUT": "30",
-            "PODHOOK_RECONCILE_INTERVAL": "0",
-            "PODHOOK_JOB_RETRIES": "0",
-        },
-        name="worker-health",
-        ready=lambda: HOST in get_hosts(redis),
-        timeout=60,
+    worker = start_worker(
+        spawn,
+        redis,
+        HOST,
+        settle_seconds="1",
+        restart_timeout="30",
+        reconcile_interval="0",
+        job_retries="0",
     )
     try:
         v2 = stack.build_and_push("health/web", "1", marker="health-v2", extra_files=healthy)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,18 +21,16 @@ from typing import Any
 
 import pytest
 from harness import HarnessError, free_port, generate_gpg_key, wait_for, write_signature_config
+from podhook_support import push, rows_for, start_worker
 from redis import Redis
 from rq.job import Job, JobStatus
 
 from workers import audit
-from workers.events import make_event
-from workers.hosts import forget_host, get_hosts
-from workers.queueing import JobOptions, QueuedJob
-from workers.routing import dispatch_push
+from workers.hosts import forget_host
+from workers.queueing import JobOptions
 
 pytestmark = pytest.mark.integration
 
-PODHOOK = str(Path(sys.executable).parent / "podhook")
 HOST = "signatures-host"
 REPOSITORY = "signatures/web"
 NOT_SIGNED = "Source image rejected: A signature was required, but no signature exists"
@@ -83,26 +80,11 @@ def snapshot(paths: tuple[str, ...]) -> dict[str, bytes | None]:
     return found
 
 
-def rows_for(redis: Redis, name: str) -> list[dict[str, Any]]:
-    """Every report row about container ``name`` in the audit trail, oldest first."""
-    reports = [e.data for e in reversed(audit.read(redis, kind="outcome", limit=500))]
-    return [
-        r for report in reports for r in report.get("containers", []) if r["container_name"] == name
-    ]
-
-
 def reports_of(redis: Redis, job_id: str) -> list[dict[str, Any]]:
     """The reports the attempts of job ``job_id`` left in the audit trail."""
     return [
         e.data for e in audit.read(redis, kind="outcome", limit=500) if e.data.get("job") == job_id
     ]
-
-
-def push(redis: Redis, image: Any) -> QueuedJob:
-    registry, _, _ = image.ref.partition("/")
-    event = make_event(registry, image.repository, image.tag, image.digest)
-    [queued] = dispatch_push(redis, event, JobOptions(retries=3))
-    return queued
 
 
 def job_ended(redis: Redis, job_id: str) -> Job | None:
@@ -139,24 +121,20 @@ def test_an_unsigned_image_is_refused_once_and_a_signed_one_is_updated(
         unit = units.container("csigned", v1.ref)
         started = stack.systemd.invocation_id(unit)
         v1_image = stack.container_info("csigned")["image_id"]
-        worker = spawn(
-            [PODHOOK, "worker"],
-            env={
-                "PODHOOK_HOST_ID": HOST,
-                "PODHOOK_PODMAN_URL": service.url,
-                "PODHOOK_SETTLE_SECONDS": "1",
-                "PODHOOK_RESTART_TIMEOUT": "30",
-                "PODHOOK_RECONCILE_INTERVAL": "0",
-                "PODHOOK_JOB_RETRIES": "3",
-                "PODHOOK_NOTIFY_URLS": receiver.url,
-            },
-            name="worker-signatures",
-            ready=lambda: HOST in get_hosts(redis),
-            timeout=60,
+        worker = start_worker(
+            spawn,
+            redis,
+            HOST,
+            podman_url=service.url,
+            settle_seconds="1",
+            restart_timeout="30",
+            reconcile_interval="0",
+            job_retries="3",
+            notify_urls=receiver.url,
         )
 
         v2 = stack.build_and_push(REPOSITORY, "1", marker="sig-v2")  # not signed
-        refused = push(redis, v2)
+        refused = push(redis, v2, JobOptions(retries=3))
         try:
             job = wait_for(lambda: job_ended(redis, refused.job_id), 120, "v2's job to end", 0.5)
         except HarnessError:
@@ -180,7 +158,7 @@ def test_an_unsigned_image_is_refused_once_and_a_signed_one_is_updated(
             REPOSITORY, "1", marker="sig-v3", sign_by=key, registries_d=registries_d
         )
         assert list((work / "lookaside").rglob("signature-1")), "skopeo wrote no signature"
-        signed = push(redis, v3)
+        signed = push(redis, v3, JobOptions(retries=3))
         try:
             job = wait_for(lambda: job_ended(redis, signed.job_id), 120, "v3's job to end", 0.5)
         except HarnessError:
@@ -231,20 +209,17 @@ def test_a_signature_server_that_cannot_be_reached_is_a_passing_failure(stack, u
     try:
         v1 = stack.build_and_push(repository, "1", marker="down-v1")
         units.container("cdown", v1.ref)
-        worker = spawn(
-            [PODHOOK, "worker"],
-            env={
-                "PODHOOK_HOST_ID": host,
-                "PODHOOK_PODMAN_URL": service.url,
-                "PODHOOK_SETTLE_SECONDS": "1",
-                "PODHOOK_RECONCILE_INTERVAL": "0",
-            },
-            name="worker-signatures-down",
-            ready=lambda: host in get_hosts(redis),
-            timeout=60,
+        worker = start_worker(
+            spawn,
+            redis,
+            host,
+            podman_url=service.url,
+            settle_seconds="1",
+            restart_timeout="120",  # the default: this test waits on a pull, not a restart
+            reconcile_interval="0",
         )
         v2 = stack.build_and_push(repository, "1", marker="down-v2")
-        push(redis, v2)
+        push(redis, v2, JobOptions(retries=3))
         try:
             wait_for(lambda: rows_for(redis, "cdown"), 120, "cdown's first row", 0.5)
         except HarnessError:
