@@ -18,6 +18,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from workers.desired import get_desired, was_rolled_back
@@ -67,24 +68,34 @@ class HostWorker(Worker):
         interval = self.settings.reconcile_interval
         return min(base, max(1, interval // 2)) if interval > 0 else base
 
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm shutdown, remembered: an idle RQ worker raises StopRequested into whatever
+        it is doing, and a heartbeat that asks Podman may be inside code that turns any error
+        into a ContainerRuntimeError, which would swallow the stop."""
+        self._stop_requested = True
+        super().request_stop(signum, frame)
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, plus the host's entry in the fleet, its inventory, and the
-        periodic reconcile when due."""
+        periodic reconcile when due. Raises StopRequested when a stop was asked for meanwhile
+        and no job is running."""
         super().heartbeat(timeout, pipeline)
         try:
             register_host(self.connection, self.host_id)
-            self.revive_scheduler()
-            if self.get_state() == "busy":
-                return
-            finish_handoffs_now(self.connection, self.settings)
-            refresh_inventory(self.connection, self.settings)
-            if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
-                request_reconcile(
-                    self.connection, self.host_id, JobOptions.from_settings(self.settings)
-                )
+            if not self._stop_requested:
+                self.revive_scheduler()
+            if self.get_state() != "busy":
+                finish_handoffs_now(self.connection, self.settings)
+                refresh_inventory(self.connection, self.settings)
+                if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
+                    request_reconcile(
+                        self.connection, self.host_id, JobOptions.from_settings(self.settings)
+                    )
         except (RedisError, ContainerRuntimeError) as error:
             # Redis restarting, Podman stopped: RQ's own loop waits them out; so does this.
             log.warning("heartbeat of host %s: %s", self.host_id, error)
+        if self._stop_requested and self.get_state() != "busy" and os.getpid() == self.main_pid:
+            raise StopRequested()
 
     def revive_scheduler(self) -> None:
         """Start this worker's RQ scheduler when no live scheduler holds its queue's lock

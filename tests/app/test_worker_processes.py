@@ -1,4 +1,5 @@
-"""`podhook worker --processes N`: N workers on the host queue, all stopped by one SIGTERM."""
+"""`podhook worker --processes N`: N workers on the host queue, all stopped by one SIGTERM,
+whatever the worker was doing when it came."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from rq import Worker
+from rq.exceptions import StopRequested
+from rq.serializers import JSONSerializer
 
 from workers.hosts import get_hosts
+from workers.podman_runtime import ContainerRuntimeError
 from workers.queueing import get_queue
+from workers.settings import load_settings
+from workers.worker import HostWorker
 
 
 def test_pool_starts_n_workers_and_stops_them_on_sigterm(redis, redis_url, tmp_path):
@@ -66,3 +73,57 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"
+
+
+def _host_worker(redis, tmp_path) -> HostWorker:
+    settings = load_settings(
+        {
+            "PODHOOK_HOST_ID": "stop-test",
+            "PODHOOK_PODMAN_URL": f"unix://{tmp_path}/absent.sock",
+        }
+    )
+    return HostWorker(
+        [get_queue(redis, "stop-test")],
+        connection=redis,
+        serializer=JSONSerializer,
+        settings=settings,
+    )
+
+
+def test_a_stop_swallowed_during_the_heartbeat_still_stops_an_idle_worker(
+    redis, tmp_path, monkeypatch
+):
+    # SIGTERM lands while the heartbeat asks Podman: RQ raises StopRequested right there, and
+    # the Podman client turns it into a ContainerRuntimeError, which the heartbeat logs.
+    worker = _host_worker(redis, tmp_path)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def refresh_interrupted(_redis, _settings):
+        try:
+            worker.request_stop(signal.SIGTERM, None)
+        except Exception as error:
+            raise ContainerRuntimeError(f"listing containers: {error!r}") from error
+
+    monkeypatch.setattr("workers.worker.refresh_inventory", refresh_interrupted)
+    try:
+        worker.set_state("idle")
+        with pytest.raises(StopRequested):
+            worker.heartbeat()
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+
+
+def test_a_stop_during_a_job_waits_for_the_job(redis, tmp_path):
+    worker = _host_worker(redis, tmp_path)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        worker.set_state("busy")
+        worker.request_stop(signal.SIGTERM, None)  # warm: no raise while the horse works
+        worker.heartbeat()
+        worker.set_state("idle")
+        with pytest.raises(StopRequested):
+            worker.heartbeat()
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
