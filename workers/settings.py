@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from workers.report import UpdateState
+from workers.rollout_policy import PolicyError, RolloutPolicy, parse_policies
 
 NOTIFY_STATES = frozenset(state.value for state in UpdateState)
 
@@ -77,6 +78,8 @@ BOUNDS: Mapping[str, Bounds] = {
     "admin_token_limit": Bounds(1, 10_000, "attempts"),
     "auth_limit_window": Bounds(1, 24 * 3600),
     "session_lifetime": Bounds(60, 7 * 24 * 3600),
+    # Added to the wall clock wherever an update waits for a time (windows, image age, soak).
+    "clock_offset": Bounds(-10 * 365 * 24 * 3600, 10 * 365 * 24 * 3600),
 }
 
 
@@ -160,6 +163,17 @@ class Settings:
     # Mark the session cookie Secure even on plain HTTP (TLS ended at a reverse proxy); it is
     # Secure anyway when the request came over TLS.
     secure_cookies: bool = False
+    # This host's labels (ring=canary,site=fra): rollouts pick their waves' hosts by them.
+    host_labels: dict[str, str] = field(default_factory=dict)
+    # Rollout policies ([[rollouts]] tables, docs/rollouts.md): the first whose match fits a
+    # reference and that has several waves rolls its pushes out wave by wave.
+    rollouts: tuple[RolloutPolicy, ...] = ()
+    # Seconds added to the wall clock for maintenance windows, image ages and soak times: for
+    # drills and tests that move time without waiting for it.
+    clock_offset: float = 0.0
+    # Where the status page is reached from outside (https://podhook.example); notifications
+    # link to it.
+    status_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.systemd_bus not in ("system", "user"):
@@ -180,6 +194,11 @@ class Settings:
             )
         if self.notify_urls:
             check_notify_urls(self.notify_urls)
+        if not all(isinstance(policy, RolloutPolicy) for policy in self.rollouts):
+            try:
+                object.__setattr__(self, "rollouts", parse_policies(self.rollouts))
+            except PolicyError as error:
+                raise SettingsError(str(error), setting="rollouts") from None
         self._check_numbers()
         self._check_redis()
 
@@ -312,6 +331,11 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if kind.startswith("tuple[RolloutPolicy"):
+        try:
+            return parse_policies(raw)
+        except PolicyError as error:
+            raise SettingsError(f"{name}: {error}") from None
     if kind.startswith("dict"):
         if isinstance(raw, Mapping):
             return dict(raw)

@@ -120,6 +120,7 @@ IN_AND_OUT_OF_RANGE = {
     "admin_token_limit": ("10000", ["0", "10001"]),
     "auth_limit_window": ("1", ["0", "86401"]),
     "session_lifetime": ("60", ["0", "59", str(7 * 24 * 3600 + 1)]),
+    "clock_offset": ("-3600", ["nan", "inf", str(10 * 365 * 24 * 3600 + 1)]),
 }
 
 
