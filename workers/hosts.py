@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 
 from redis import Redis
 
@@ -11,12 +13,20 @@ from workers.queueing import get_queue, work_key_pattern
 from workers.settings import Settings
 
 HOSTS_KEY = "podhook:hosts"
+# Each host's labels (PODHOOK_HOST_LABELS) as JSON: rollouts choose their waves' hosts by them.
+HOST_LABELS_KEY = "podhook:host-labels"
 # Workers beat about every 45 s (workers/worker.py); a host that missed a few beats is stale.
 DEFAULT_STALE_AFTER_SECONDS = Settings.host_stale_after
 
 
-def register_host(redis: Redis, host: str, now: float | None = None) -> None:
-    """Record that a worker of ``host`` is alive now; pushes from then on may reach its queue.
+def register_host(
+    redis: Redis,
+    host: str,
+    now: float | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Record that a worker of ``host`` is alive now, with its ``labels``; pushes from then on
+    may reach its queue.
 
     A host seen for the first time has no inventory yet: it is marked as such, so pushes reach
     it until it publishes one (workers/routing.py).
@@ -24,7 +34,15 @@ def register_host(redis: Redis, host: str, now: float | None = None) -> None:
     pipe = redis.pipeline(transaction=False)
     pipe.zadd(HOSTS_KEY, {host: time.time() if now is None else now})
     pipe.zadd(inventory.INVENTORY_AT_KEY, {host: 0}, nx=True)
+    if labels is not None:
+        pipe.hset(HOST_LABELS_KEY, host, json.dumps(dict(labels), sort_keys=True))
     pipe.execute()
+
+
+def get_host_labels(redis: Redis) -> dict[str, dict[str, str]]:
+    """Every host's labels as its workers last registered them."""
+    raw: dict[bytes, bytes] = redis.hgetall(HOST_LABELS_KEY)  # type: ignore[assignment]
+    return {host.decode(): json.loads(value) for host, value in raw.items()}
 
 
 def get_hosts(redis: Redis) -> dict[str, float]:
@@ -61,4 +79,5 @@ def forget_host(redis: Redis, host: str) -> bool:
     for key in redis.scan_iter(match=work_key_pattern(host), count=500):
         redis.delete(key)
     redis.zrem(HOSTS_KEY, host)
+    redis.hdel(HOST_LABELS_KEY, host)
     return known

@@ -21,6 +21,7 @@ from workers import audit, metrics
 from workers.attempts import RedisAttemptJournal
 from workers.desired import get_desired, record_rollback
 from workers.events import PushEvent, make_event
+from workers.gates import FleetGate
 from workers.handoff import (
     HANDOFF_DELAY,
     Handoff,
@@ -90,19 +91,26 @@ def build_updater(
     *,
     redis: Redis | None = None,
     job_id: str | None = None,
+    host: str | None = None,
 ) -> Updater:
     """An Updater on the real systemd bus of the settings, with ``runtime`` and ``locks``.
 
     With ``job_id`` (a queued job), restarts of units that hold this worker or its Redis are
     handed to a transient unit and recorded in ``redis`` for the worker to complete. With
     ``redis``, each restart is journaled there first, so that an attempt cut short is finished
-    by the next one."""
+    by the next one, and updates pass the fleet's gate (rollouts, windows, ages, approvals) of
+    ``host`` (this host when None)."""
     units = DBusUnitManager(settings.systemd_bus)
     handoff = None
     if job_id is not None:
         identity = worker_identity(settings)
         handoff = TransientUnitHandoff(units, settings, identity, redis, settings.host_id, job_id)
     journal = RedisAttemptJournal(redis, settings.host_id) if redis is not None else None
+    gate = (
+        FleetGate(redis, settings, host or settings.host_id, registry_lookup(settings))
+        if redis is not None
+        else None
+    )
     return Updater(
         runtime,
         units,
@@ -111,6 +119,7 @@ def build_updater(
         handoff,
         journal,
         job_id or "inline",
+        gate,
     )
 
 
@@ -249,7 +258,12 @@ def _run(
             holder_alive=lambda holder: job_is_alive(redis, holder),
         )
         updater = build_updater(
-            settings, runtime, locks, redis=redis, job_id=job.id if job is not None else None
+            settings,
+            runtime,
+            locks,
+            redis=redis,
+            job_id=job.id if job is not None else None,
+            host=host,
         )
         outcome = act(updater)
     except (ContainerRuntimeError, UnitError) as error:

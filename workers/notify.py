@@ -1,4 +1,5 @@
-"""Notifications of job outcomes through apprise: one message per job, for the states asked for."""
+"""Notifications through apprise: one message per job, for the states asked for, and one per
+step of a rollout."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import apprise
 
 from workers.apprise_client import new_sender
 from workers.report import ContainerReport, JobReport, UpdateState
+from workers.rollout_state import Rollout, Step
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.notify")
@@ -121,6 +123,61 @@ def format_message(report: JobReport, rows: Sequence[ContainerReport]) -> tuple[
             f"old image: {row.old_image or '-'}",
             f"new image: {row.new_image or '-'}",
         ]
+    return title, "\n".join(lines)
+
+
+def notify_rollout(settings: Settings, rollout: Rollout, steps: Sequence[Step]) -> bool | None:
+    """Send one message about the latest ``steps`` of ``rollout`` (a wave started or soaking,
+    the rollout halted, done, aborted, superseded) to every URL of ``settings.notify_urls``.
+
+    The message names the image and digest, the rollout's state and the failing check when it
+    halted, each wave with its hosts and their states, and links to the status page when
+    ``status_url`` is set. Returns None without URLs, else whether every service took it;
+    never raises, and never puts a configured secret in the message.
+    """
+    if not settings.notify_urls or not steps:
+        return None
+    title, body = format_rollout_message(rollout, steps, settings.status_url)
+    secrets = _secrets(settings)
+    halted = rollout.state.value in ("halted", "aborted")
+    sender = new_sender(settings.notify_urls)
+    try:
+        sent = bool(
+            sender.notify(
+                title=_scrub(title, secrets),
+                body=_scrub(body, secrets),
+                notify_type=apprise.NotifyType.FAILURE if halted else apprise.NotifyType.INFO,
+                body_format=apprise.NotifyFormat.TEXT,
+            )
+        )
+    except Exception as error:  # a notification never fails the rollout it reports on
+        log.warning("notification of rollout %s failed: %s", rollout.id, type(error).__name__)
+        return False
+    if not sent:
+        log.warning("notification of rollout %s failed for at least one URL", rollout.id)
+    return sent
+
+
+def format_rollout_message(
+    rollout: Rollout, steps: Sequence[Step], status_url: str | None = None
+) -> tuple[str, str]:
+    """The title and plain-text body of the message about ``steps`` of ``rollout``."""
+    title = f"podhook: rollout of {rollout.reference}: {steps[-1].text}"
+    lines = [
+        f"image: {rollout.reference}",
+        f"digest: {rollout.digest}",
+        f"rollout: {rollout.id} ({rollout.state.value})",
+    ]
+    if rollout.reason:
+        lines.append(f"reason: {_shorten(rollout.reason)}")
+    lines += ["", *(f"- {step.text}" for step in steps)]
+    for number, wave in enumerate(rollout.waves, start=1):
+        lines += ["", f"wave {number} {wave.name} ({wave.selector}): {wave.state()}"]
+        for host, record in sorted(wave.hosts.items()):
+            reason = f": {_shorten(record.reason)}" if record.reason else ""
+            lines.append(f"  {host}: {record.state.value}{reason}")
+    if status_url:
+        lines += ["", f"status: {status_url.rstrip('/')}/#rollout-{rollout.id}"]
     return title, "\n".join(lines)
 
 

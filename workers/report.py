@@ -23,6 +23,10 @@ class UpdateState(StrEnum):
     # The unit holds this worker (or its Redis): its restart runs outside it, in a transient
     # unit, and the row is completed when that is over.
     HANDED_OFF = "handed_off"
+    # The update waits: for its wave of a rollout, a maintenance window or the image's minimum
+    # age (``until`` says when it looks again, when that is known). An update waiting for an
+    # approval is ``pending``, as a dry run's is: available, not applied.
+    WAITING = "waiting"
 
 
 # States that make a job fail in its record: the push did not end with the new image running.
@@ -51,11 +55,15 @@ class ContainerReport:
     # A failure that changed nothing (a pull that failed, a registry that does not serve the
     # pushed digest yet): another attempt may succeed. Restarts that failed are never retried.
     retryable: bool = False
+    # A waiting row: when the update looks again (Unix time), if that is known.
+    until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the state as its string value; ``from_dict`` reads it back."""
         data = asdict(self)
         data["state"] = self.state.value
+        if self.until is None:
+            del data["until"]  # only waiting rows have one
         return data
 
     @classmethod
@@ -78,6 +86,7 @@ class ContainerReport:
             new_image=data.get("new_image"),
             timings=dict(data.get("timings") or {}),
             retryable=bool(data.get("retryable", False)),
+            until=data.get("until"),
         )
 
 
@@ -250,4 +259,5 @@ PODMAN_UPDATED = {
     UpdateState.FAILED: "failed",
     UpdateState.ROLLED_BACK: "rolled back",
     UpdateState.HANDED_OFF: "pending",
+    UpdateState.WAITING: "pending",
 }

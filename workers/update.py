@@ -37,6 +37,7 @@ from workers.reference import InvalidReferenceError, parse_reference
 from workers.report import ContainerReport, UpdateState, lasting_rows, retryable_rows
 from workers.settings import Settings
 from workers.systemd_units import SystemdUnreachableError, UnitError, UnitManager
+from workers.update_policy import LabelError, read_policy
 
 log = logging.getLogger("podhook.worker")
 
@@ -61,6 +62,35 @@ class RestartHandoff(Protocol):
     def hand_off(self, changed: list[tuple[Container, Image]], rollback: bool) -> str:
         """Start restarting (and verifying, and rolling back) the units of ``changed`` outside
         this worker, without waiting; return what does it. Raises UnitError."""
+        ...
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why an update does not run now: ``state`` WAITING (for its rollout wave, a maintenance
+    window or an image age; ``until`` says when it looks again, when known) or PENDING (for an
+    approval), and ``reason`` in words for its rows."""
+
+    state: UpdateState
+    reason: str
+    until: float | None = None
+
+
+class UpdateGate(Protocol):
+    """What decides whether an update may run now: rollouts across hosts and the containers'
+    own update policies (workers/gates.py)."""
+
+    def digest_for(self, reference: str, members: list[Container]) -> str | None:
+        """The digest ``reference`` names now when deciding needs one and the push did not
+        say it (a registry lookup), else None. Raises on a failed lookup."""
+        ...
+
+    def hold(self, reference: str, digest: str | None, behind: list[Container]) -> Hold | None:
+        """Why the containers ``behind`` must not update to ``digest`` now, or None."""
+        ...
+
+    def settled(self, reference: str, digest: str | None, rows: list[ContainerReport]) -> None:
+        """Take note of how this host's containers of ``reference`` ended (``rows``)."""
         ...
 
 
@@ -134,6 +164,10 @@ def configuration_error(container: Container) -> str | None:
                 f"auto-updating container {_go_quote(container.id)}: image name "
                 f"{_go_quote(container.image_reference)} must be fully qualified"
             )
+    try:
+        read_policy(container.labels)
+    except LabelError as error:
+        return f"auto-updating container {_go_quote(container.id)}: {error}"
     return None
 
 
@@ -149,6 +183,7 @@ class Updater:
         handoff: RestartHandoff | None = None,
         journal: AttemptJournal | None = None,
         job_id: str = "inline",
+        gate: UpdateGate | None = None,
     ) -> None:
         self.runtime = runtime
         self.units = units
@@ -157,6 +192,7 @@ class Updater:
         self.handoff = handoff
         self.journal = journal if journal is not None else MemoryAttemptJournal()
         self.job_id = job_id
+        self.gate = gate
 
     # ---------------------------------------------------------------- entry points
 
@@ -195,6 +231,8 @@ class Updater:
                 )
         if members:
             self._converge_registry(reference, members, digest, started, outcome)
+        elif self.gate is not None:
+            self.gate.settled(reference, digest, [])
         return outcome
 
     def reconcile(self, lookup: DigestLookup) -> UpdateOutcome:
@@ -259,6 +297,33 @@ class Updater:
         started: float,
         outcome: UpdateOutcome,
     ) -> None:
+        first = len(outcome.rows)
+        if digest is None and self.gate is not None:
+            try:
+                digest = self.gate.digest_for(reference, members)
+            except Exception as error:  # noqa: BLE001 - any lookup failure is this reference's
+                for container in members:
+                    outcome.rows.append(
+                        _row(
+                            container,
+                            UpdateState.FAILED,
+                            f"checking {reference} for its update policy: {error}",
+                            retryable=True,
+                        )
+                    )
+                return
+        self._decide_registry(reference, members, digest, started, outcome)
+        if self.gate is not None:
+            self.gate.settled(reference, digest, outcome.rows[first:])
+
+    def _decide_registry(
+        self,
+        reference: str,
+        members: list[Container],
+        digest: str | None,
+        started: float,
+        outcome: UpdateOutcome,
+    ) -> None:
         def elapsed() -> float:
             return round(time.monotonic() - started, 3)
 
@@ -281,6 +346,20 @@ class Updater:
             else:
                 behind.append(container)
         if not behind:
+            return
+        hold = self.gate.hold(reference, digest, behind) if self.gate is not None else None
+        if hold is not None:
+            for container in behind:
+                outcome.rows.append(
+                    _row(
+                        container,
+                        hold.state,
+                        hold.reason,
+                        old=container.image_id,
+                        timings={"finished": elapsed()},
+                        until=hold.until,
+                    )
+                )
             return
         if self.options.dry_run:
             what = f"{digest} is available" if digest else "the tag was pushed"
@@ -916,6 +995,7 @@ def _row(
     new: str | None = None,
     timings: dict[str, float] | None = None,
     retryable: bool = False,
+    until: float | None = None,
 ) -> ContainerReport:
     return ContainerReport(
         container_id=container.id,
@@ -929,4 +1009,5 @@ def _row(
         new_image=new,
         timings=timings or {},
         retryable=retryable,
+        until=until,
     )

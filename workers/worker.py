@@ -22,6 +22,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from workers.desired import get_desired, was_rolled_back
+from workers.gates import settings_now
 from workers.handoff import pending_handoffs
 from workers.hosts import register_host
 from workers.inventory import collect_inventory, publish_inventory, routed_reference
@@ -39,7 +40,9 @@ from workers.queueing import (
     request_reconcile,
 )
 from workers.reference import parse_reference
-from workers.settings import Settings
+from workers.rollouts import advance_active
+from workers.settings import Settings, SettingsError, load_settings
+from workers.wakeups import claim_due
 
 log = logging.getLogger("podhook.worker")
 
@@ -48,6 +51,8 @@ WORKER_TTL = 60
 # Abandoned jobs (a killed worker's) are retried, and a dead scheduler is replaced, this often
 # rather than at RQ's ten-minute maintenance.
 MAINTENANCE_SECONDS = 60
+# How often a worker looks for waits that are over (windows, image ages, rollout soaks).
+WAKE_SECONDS = 2.0
 
 
 class HostWorker(Worker):
@@ -81,7 +86,7 @@ class HostWorker(Worker):
         and no job is running."""
         super().heartbeat(timeout, pipeline)
         try:
-            register_host(self.connection, self.host_id)
+            register_host(self.connection, self.host_id, labels=self.settings.host_labels)
             if not self._stop_requested:
                 self.revive_scheduler()
             if self.get_state() != "busy":
@@ -205,6 +210,59 @@ class InventoryWatcher:
         return image.has_digest(parse_reference(event.image).name, digest)
 
 
+class Waker:
+    """Wakes what waits for a time, in a daemon thread of the worker process, every
+    ``WAKE_SECONDS`` by the settings' clock: this host's updates whose maintenance window
+    opened, whose image came of age or whose rollout wave's soak ended are asked to converge,
+    and the fleet's active rollouts move on. The settings file is read again when it changes,
+    so a drill that moves ``clock_offset`` is seen at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis_from_settings(settings)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="waker", daemon=True)
+        self._config_mtime = self._mtime()
+
+    def start(self) -> None:
+        """Start waking."""
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop waking (within WAKE_SECONDS)."""
+        self.stop.set()
+
+    def _run(self) -> None:
+        while not self.stop.wait(WAKE_SECONDS):
+            try:
+                self.wake()
+            except (RedisError, SettingsError) as error:
+                log.warning("waking waiting updates of host %s: %s", self.settings.host_id, error)
+
+    def wake(self) -> list[str]:
+        """Ask this host to converge on every reference whose wake-up is due, and move the
+        active rollouts on. Returns the references woken."""
+        mtime = self._mtime()
+        if mtime != self._config_mtime:
+            self.settings, self._config_mtime = load_settings(), mtime
+        now = settings_now(self.settings)
+        woken = claim_due(self.redis, self.settings.host_id, now)
+        options = JobOptions.from_settings(self.settings)
+        for reference in woken:
+            queued = request_convergence(self.redis, self.settings.host_id, reference, options)
+            log.info("the wait of %s is over: job %s", reference, queued.job_id)
+        advance_active(self.redis, self.settings, now)
+        return woken
+
+    @staticmethod
+    def _mtime() -> float | None:
+        path = os.environ.get("PODHOOK_CONFIG")
+        try:
+            return os.stat(path).st_mtime if path else None
+        except OSError:
+            return None
+
+
 def preload_job_modules() -> None:
     """Import what a restarting job needs (pydbus and GLib, about 50 ms) once, in the worker:
     the work-horse it forks for each job inherits them. Connections are still made per job."""
@@ -223,7 +281,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
     setup_logging(settings)  # pool workers are fresh (spawned) processes
     preload_job_modules()
     redis = redis_from_settings(settings)
-    register_host(redis, settings.host_id)
+    register_host(redis, settings.host_id, labels=settings.host_labels)
     options = JobOptions.from_settings(settings)
     if pending_handoffs(redis, settings.host_id):
         # This worker may be what a handed-off restart brought back: complete its record.
@@ -242,14 +300,17 @@ def run_worker(settings: Settings, *, burst: bool = False) -> bool:
         maintenance_interval=MAINTENANCE_SECONDS,
     )
     watcher = InventoryWatcher(settings) if not burst else None
-    if watcher is not None:
-        watcher.start()
+    waker = Waker(settings) if not burst else None
+    for thread in (watcher, waker):
+        if thread is not None:
+            thread.start()
     log.info("worker for host=%s on queue %s", settings.host_id, worker.queue_names()[0])
     try:
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
     finally:
-        if watcher is not None:
-            watcher.close()
+        for thread in (watcher, waker):
+            if thread is not None:
+                thread.close()
 
 
 def run_pool(settings: Settings, processes: int, *, burst: bool = False) -> None:

@@ -100,6 +100,7 @@ STORED_CONVERGE = {
         "rolled_back": 0,
         "skipped": 0,
         "handed_off": 0,
+        "waiting": 0,
     },
     "job": "converge-0123",
 }
@@ -240,6 +241,7 @@ def test_summary_counts_every_state():
         "rolled_back": 0,
         "skipped": 1,
         "handed_off": 0,
+        "waiting": 0,
     }
     assert converge_report().summary == dict.fromkeys(report.summary, 0)
 
