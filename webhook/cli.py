@@ -1,4 +1,4 @@
-"""The ``podhook`` command: serve, worker, run, jobs, hosts and parse."""
+"""The ``podhook`` command: serve, worker, run, jobs, hosts, rollouts, approvals and parse."""
 
 from __future__ import annotations
 
@@ -434,6 +434,194 @@ def hosts_forget(host: str) -> None:
         click.echo(f"podhook: host {host!r} is not registered", err=True)
         sys.exit(1)
     click.echo(f"forgot host {host}: its queue and jobs are removed, pushes no longer reach it")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def rollouts(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List rollouts (pushes going out wave by wave), newest first.
+
+    Subcommands show one, and pause, resume, abort or promote it; each takes a rollout id or
+    a reference (its newest rollout). See docs/rollouts.md.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from workers.rollouts import list_rollouts
+
+    found = _with_redis(_settings(), lambda r: list_rollouts(r, limit))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        click.echo("no rollouts")
+        return
+    rows = [("ROLLOUT", "IMAGE", "DIGEST", "STATE", "WAVE", "STARTED")]
+    for rollout in found:
+        wave = rollout.waves[rollout.wave]
+        rows.append(
+            (
+                rollout.id,
+                rollout.reference,
+                rollout.digest[:19],
+                rollout.state.value,
+                f"{rollout.wave + 1}/{len(rollout.waves)} {wave.name}: {wave.state()}",
+                _clock(rollout.created_at),
+            )
+        )
+    _print_table(rows)
+
+
+@rollouts.command("show")
+@click.argument("rollout")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rollouts_show(rollout: str, as_json: bool) -> None:
+    """Show a rollout: its waves, their hosts and states, and its history."""
+    from workers.rollouts import get_rollout
+
+    found = _with_redis(_settings(), lambda r: get_rollout(r, rollout))
+    if found is None:
+        click.echo(f"podhook: no rollout {rollout!r} (give a rollout id or a reference)", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2))
+        return
+    click.echo(format_rollout(found))
+
+
+def format_rollout(rollout: Any) -> str:
+    """A rollout as `podhook rollouts show` prints it."""
+    lines = [
+        f"rollout   {rollout.id}",
+        f"image     {rollout.reference}",
+        f"digest    {rollout.digest}",
+        f"state     {rollout.state.value}" + (f": {rollout.reason}" if rollout.reason else ""),
+        f"policy    {rollout.policy} (soak {rollout.soak:g}s)",
+        "",
+    ]
+    table = [("WAVE", "HOSTS", "STATE", "HOST", "HOST STATE", "REASON")]
+    for number, wave in enumerate(rollout.waves, start=1):
+        state = wave.state()
+        if state == "soaking" and wave.soak_until:
+            state += f" until {_clock(wave.soak_until)}"
+        hosts = sorted(wave.hosts.items()) or [("-", None)]
+        for index, (host, record) in enumerate(hosts):
+            first = index == 0
+            table.append(
+                (
+                    f"{number} {wave.name}" if first else "",
+                    wave.selector if first else "",
+                    state if first else "",
+                    host,
+                    record.state.value if record else "-",
+                    (record.reason if record else "") or "",
+                )
+            )
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append("")
+    lines += [f"{_clock(step.at)}  {step.text}" for step in rollout.steps]
+    return "\n".join(lines)
+
+
+def _control_rollout(action: str, rollout: str) -> None:
+    from workers import rollouts as rollout_ops
+    from workers.gates import settings_now
+
+    settings = _settings()
+    act = getattr(rollout_ops, action)
+    try:
+        changed = _with_redis(settings, lambda r: act(r, settings, rollout, settings_now(settings)))
+    except rollout_ops.RolloutError as error:
+        click.echo(f"podhook: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"rollout {changed.id}: {changed.steps[-1].text}; now {changed.state.value}")
+
+
+@rollouts.command("pause")
+@click.argument("rollout")
+def rollouts_pause(rollout: str) -> None:
+    """Open no further wave until resumed (the open wave's hosts finish)."""
+    _control_rollout("pause", rollout)
+
+
+@rollouts.command("resume")
+@click.argument("rollout")
+def rollouts_resume(rollout: str) -> None:
+    """Go on with a paused rollout, or retry a halted one's failed hosts."""
+    _control_rollout("resume", rollout)
+
+
+@rollouts.command("abort")
+@click.argument("rollout")
+def rollouts_abort(rollout: str) -> None:
+    """End a rollout: hosts not updated yet stay as they are (updated ones keep the image)."""
+    _control_rollout("abort", rollout)
+
+
+@rollouts.command("promote")
+@click.argument("rollout")
+def rollouts_promote(rollout: str) -> None:
+    """Skip the rest of the open wave's soak: the next wave starts now."""
+    _control_rollout("promote", rollout)
+
+
+@main.command()
+@click.argument("reference")
+@click.option("--digest", help="The digest to approve (default: what pending updates wait for).")
+@click.option("--host", help="Approve on this host only (default: every host).")
+def approve(reference: str, digest: str | None, host: str | None) -> None:
+    """Approve the pending update of REFERENCE (containers labeled io.podhook.approval=required)
+    and let the hosts that wait for it update now."""
+    from workers.approvals import NothingToApproveError, approve_updates
+    from workers.queueing import JobOptions
+
+    settings = _settings()
+    try:
+        approved = _with_redis(
+            settings,
+            lambda r: approve_updates(
+                r, reference, digest, host, JobOptions.from_settings(settings)
+            ),
+        )
+    except NothingToApproveError as error:
+        click.echo(f"podhook: {error}; `podhook approvals` lists what waits", err=True)
+        sys.exit(1)
+    for item in approved:
+        click.echo(f"approved {reference}@{item.digest} on {item.host}: it updates now")
+    if not approved:
+        click.echo(f"approved {reference}@{digest} for the hosts that will ask")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def approvals(as_json: bool) -> None:
+    """List the updates that wait for an approval."""
+    from dataclasses import asdict
+
+    from workers.approvals import pending_approvals
+
+    found = _with_redis(_settings(), pending_approvals)
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in found], indent=2))
+        return
+    if not found:
+        click.echo("no update waits for an approval")
+        return
+    rows = [("IMAGE", "DIGEST", "HOST", "CONTAINERS", "SINCE")]
+    for item in found:
+        rows.append(
+            (
+                item.reference,
+                item.digest[:19],
+                item.host,
+                ",".join(item.containers),
+                _clock(item.since),
+            )
+        )
+    _print_table(rows)
 
 
 def _print_hosts(found: list[Any]) -> None:

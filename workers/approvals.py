@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from workers.queueing import JobOptions, request_convergence
+
 APPROVED_KEY = "podhook:approved:{reference}:{digest}"
 # Updates waiting for an approval: "<host> <reference>" -> {digest, since, containers}.
 PENDING_KEY = "podhook:pending-approvals"
@@ -73,3 +75,36 @@ def is_approved(redis: Redis, host: str, reference: str, digest: str) -> bool:
     """Whether the update of ``reference`` to ``digest`` is approved on ``host``."""
     members = redis.smembers(APPROVED_KEY.format(reference=reference, digest=digest))
     return bool(members & {host.encode(), EVERY_HOST.encode()})
+
+
+class NothingToApproveError(LookupError):
+    """Raised when no update of a reference waits for an approval and no digest was named."""
+
+
+def approve_updates(
+    redis: Redis,
+    reference: str,
+    digest: str | None = None,
+    host: str | None = None,
+    options: JobOptions | None = None,
+) -> list[PendingApproval]:
+    """Approve the update of ``reference`` to ``digest`` (by default, the digest each host's
+    pending update waits for) on ``host`` (every host when None), and ask each host whose
+    update waited to converge now. Returns the pending updates approved. Raises
+    NothingToApproveError when nothing waits and no digest was named."""
+    waiting = [
+        p
+        for p in pending_approvals(redis)
+        if p.reference == reference
+        and (digest is None or p.digest == digest)
+        and (host is None or p.host == host)
+    ]
+    if digest is None and not waiting:
+        raise NothingToApproveError(f"no update of {reference} waits for an approval")
+    for item in waiting:
+        approve(redis, reference, item.digest, host)
+    if digest is not None:
+        approve(redis, reference, digest, host)
+    for item in waiting:
+        request_convergence(redis, item.host, reference, options)
+    return waiting

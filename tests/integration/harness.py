@@ -1263,6 +1263,22 @@ class Stack:
         self.processes.append(service.process)
         return service
 
+    # -- more hosts on this machine ---------------------------------------------------------------
+
+    def start_fleet_host(self, name: str) -> FleetHost:
+        """Another Podman host on this machine: its own containers.conf, storage, run and
+        temp dirs (so its own containers, images and events), its own API service on
+        ``<root>/<name>.sock``; its units run in the stack's systemd user manager with a
+        drop-in naming its configuration. Stopped at ``close()``."""
+        assert self.registry is not None and self.systemd is not None
+        variables = write_podman_config(self.root / "hosts" / name, [self.registry.host])
+        env = {**self.podman_env, **variables}
+        service = start_podman_service(
+            self.root / f"{name}.sock", env, self.root / f"{name}-podman.log"
+        )
+        self.processes.append(service.process)
+        return FleetHost(name, env, variables, service, self)
+
     # -- registries.conf ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -1580,6 +1596,71 @@ class Stack:
 
 
 OWNER_FILE = "owner.pid"
+
+
+@dataclass
+class FleetHost:
+    """A Podman host of its own on this machine (``Stack.start_fleet_host``)."""
+
+    name: str
+    podman_env: dict[str, str]
+    variables: dict[str, str]  # the CONTAINERS_* of its configuration
+    service: PodmanService
+    stack: Stack
+
+    def podman(self, *args: str, check: bool = True) -> str:
+        """Run the podman CLI on this host's storage; return stdout."""
+        return run(["podman", *args], self.podman_env, timeout=120, check=check).stdout
+
+    def create_unit_container(
+        self, name: str, image: str, extra_args: Sequence[str] = (), timeout: float = 60.0
+    ) -> str:
+        """As ``Stack.create_unit_container``, on this host: ``podman create`` with the
+        autoupdate label, ``podman generate systemd --new``, a drop-in that points the unit's
+        podman at this host's configuration; started and active. Returns the unit name."""
+        systemd = self.stack.systemd
+        assert systemd is not None
+        self.podman(
+            "create", "--name", name, "--stop-timeout", "1",
+            "--label", "io.containers.autoupdate=registry", *extra_args, image,
+        )  # fmt: skip
+        run(
+            ["podman", "generate", "systemd", "--new", "--name", name, "--files"],
+            self.podman_env,
+            cwd=systemd.unit_dir,
+        )
+        self.podman("rm", "-f", name)
+        unit = f"container-{name}.service"
+        dropin = systemd.unit_dir / f"{unit}.d"
+        dropin.mkdir(exist_ok=True)
+        (dropin / "host.conf").write_text(
+            "[Service]\n"
+            + "".join(f"Environment={k}={v}\n" for k, v in sorted(self.variables.items()))
+        )
+        systemd.daemon_reload()
+        self.stack.systemctl("start", unit)
+        self.stack.wait_unit(unit, "active", timeout)
+        return unit
+
+    def container_image(self, name: str) -> str:
+        """The image id container ``name`` of this host runs."""
+        return str(json.loads(self.podman("container", "inspect", name))[0]["Image"])
+
+    def image_id(self, ref: str) -> str:
+        """The id of the local image ``ref`` on this host."""
+        return str(json.loads(self.podman("image", "inspect", ref))[0]["Id"])
+
+    def remove_unit(self, unit: str) -> None:
+        """Stop and delete a unit made by ``create_unit_container`` with its drop-in."""
+        systemd = self.stack.systemd
+        assert systemd is not None
+        self.stack.remove_unit(unit)
+        shutil.rmtree(systemd.unit_dir / f"{unit}.d", ignore_errors=True)
+        self.podman("rm", "-af", "-t", "0", check=False)
+
+    def stop(self) -> None:
+        """Stop this host's API service."""
+        self.service.stop()
 
 
 def _process_identity(pid: int) -> str:
