@@ -194,7 +194,8 @@ def record_host(
             # A host that came to run the reference after the rollout started: last wave.
             index = len(current.waves) - 1
         record = current.waves[index].hosts.get(host)
-        if record is None or record.state is not state or record.reason != reason:
+        if record is None or record.state is not state:
+            # The first word on a state stays: a later look ("already on it") says less.
             current.waves[index].hosts[host] = HostRecord(state, reason, now)
         return advance(current, now)
 

@@ -182,6 +182,6 @@ def read_policy(labels: Mapping[str, str]) -> UpdatePolicy:
 
 
 def format_time(moment: float, zone: str | None = None) -> str:
-    """A Unix time as ``2026-12-02 03:00 UTC`` (or in ``zone``)."""
+    """A Unix time as ``2026-12-02 03:00:00 UTC`` (or in ``zone``)."""
     tz = ZoneInfo(zone or "UTC")
-    return datetime.fromtimestamp(moment, tz).strftime("%Y-%m-%d %H:%M %Z")
+    return datetime.fromtimestamp(moment, tz).strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -60,7 +60,7 @@ def test_a_closed_window_names_its_opening_and_wakes_the_host_then(redis):
     hold = gate.hold(REF, DIGEST, [web])
     opens = datetime(2026, 12, 3, 2, 0, tzinfo=UTC).timestamp()
     assert hold is not None and hold.state is UpdateState.WAITING and hold.until == opens
-    assert "opens at 2026-12-03 02:00 UTC" in hold.reason
+    assert "opens at 2026-12-03 02:00:00 UTC" in hold.reason
     assert pending_wakeups(redis, "web-1") == {REF: opens}
     assert gate_at(redis, "2026-12-03T02:30:00").hold(REF, DIGEST, [web]) is None
 
@@ -69,7 +69,7 @@ def test_an_image_too_young_waits_until_it_comes_of_age(redis):
     web = container(**{"io.podhook.min-age": "24h"})
     hold = gate_at(redis, "2026-12-02T10:00:00").hold(REF, DIGEST, [web])
     assert hold is not None and hold.until is not None
-    assert "is reached at 2026-12-03 10:00 UTC" in hold.reason
+    assert "is reached at 2026-12-03 10:00:00 UTC" in hold.reason
     assert gate_at(redis, "2026-12-03T10:00:01").hold(REF, DIGEST, [web]) is None
 
 

@@ -8,6 +8,7 @@ check fails) is rolled back on the canary, the rollout halts, and the other two 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,10 @@ def test_a_good_image_goes_wave_by_wave_and_a_bad_one_halts_on_the_canary(
         for name, host in hosts.items()
     }
 
-    def runs(name: str, image: Any) -> bool:
-        host = hosts[name]
-        return host.container_image(f"web-{name}") == host.image_id(image.ref)
+    v1_id = hosts["roll-a"].image_id(v1.ref)
+
+    def runs(name: str, image_id: str) -> bool:
+        return hosts[name].container_image(f"web-{name}") == image_id
 
     def logs() -> str:
         return "\n".join(f"--- {n}\n{w.log_text()}" for n, w in workers.items())
@@ -104,9 +106,11 @@ def test_a_good_image_goes_wave_by_wave_and_a_bad_one_halts_on_the_canary(
         v2 = stack.build_and_push("rollout/web", "1", marker="roll-v2", extra_files=healthy)
         _push(redis, v2)
         try:
-            wait_for(lambda: runs("roll-a", v2), 90, "the canary on v2", interval=0.5)
+            wait_for(lambda: not runs("roll-a", v1_id), 90, "the canary on v2", interval=0.5)
         except HarnessError:
             pytest.fail(f"rows: {rows_for(redis, 'web-roll-a')}\n{logs()}")
+        v2_id = hosts["roll-a"].image_id(v2.ref)
+        assert runs("roll-a", v2_id)
         rollout = get_rollout(redis, v2.ref)
         assert rollout is not None and rollout.digest == v2.digest
         assert [sorted(w.hosts) for w in rollout.waves] == [["roll-a"], ["roll-b", "roll-c"]]
@@ -119,9 +123,9 @@ def test_a_good_image_goes_wave_by_wave_and_a_bad_one_halts_on_the_canary(
         for name in ("roll-b", "roll-c"):
             row = rows_for(redis, f"web-{name}")[0]
             assert row["state"] == "waiting" and f"rollout {rollout.id}" in row["reason"], row
-            assert hosts[name].container_image(f"web-{name}") != hosts[name].image_id(v2.ref)
+            assert runs(name, v1_id), f"{name} updated before its wave"
         try:
-            wait_for(lambda: runs("roll-b", v2) and runs("roll-c", v2), 120, "the rest on v2")
+            wait_for(lambda: runs("roll-b", v2_id) and runs("roll-c", v2_id), 120, "the rest on v2")
             wait_for(lambda: get_rollout(redis, rollout.id).state.value == "done", 30, "done")
         except HarnessError:
             pytest.fail(f"{_show(stack, rollout.id)}\n{logs()}")
@@ -148,12 +152,10 @@ def test_a_good_image_goes_wave_by_wave_and_a_bad_one_halts_on_the_canary(
         assert "health check `cat /healthy`" in halted.reason, halted.reason
         assert halted.reason.startswith("roll-a: web-roll-a: rolled_back")
         # Well past the soak: the rest never moved, and the canary is back on v2.
-        wait_for(lambda: runs("roll-a", v2), 30, "the canary back on v2")
-        import time
-
+        wait_for(lambda: runs("roll-a", v2_id), 30, "the canary back on v2")
         time.sleep(SOAK + 4)
         for name in ("roll-b", "roll-c"):
-            assert runs(name, v2), f"{name} changed"
+            assert runs(name, v2_id), f"{name} changed"
             assert [r["state"] for r in rows_for(redis, f"web-{name}")][-1] == "waiting"
         bad = _show(stack, halted.id)
         print(f"\n$ podhook rollouts show {done.id}\n{good}\n$ podhook rollouts show {halted.id}")
