@@ -336,6 +336,121 @@ def updates() -> Any:
     return jsonify([update.to_dict() for update in found])
 
 
+ROLLOUT_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+ROLLOUT_ACTIONS = ("pause", "resume", "abort", "promote")
+APPROVAL_FIELDS = ("reference", "digest", "host")
+
+
+@blueprint.get("/v1/rollouts")
+def rollouts() -> Any:
+    """Rollouts newest first, each with its waves, their hosts and states, and its history."""
+    from workers.rollouts import list_rollouts  # noqa: PLC0415
+
+    query = _query({"limit"})
+    found = list_rollouts(_redis(), parse_limit(query.get("limit")))
+    return jsonify([rollout.to_dict() for rollout in found])
+
+
+def _no_rollout(rollout_id: str) -> Any:
+    return _error(404, f"no rollout {rollout_id!r}")
+
+
+@blueprint.get("/v1/rollouts/<rollout_id>")
+def rollout(rollout_id: str) -> Any:
+    """One rollout; 404 when unknown or expired."""
+    from workers.rollouts import get_rollout  # noqa: PLC0415
+
+    _query(set())
+    found = get_rollout(_redis(), rollout_id) if ROLLOUT_ID_PATTERN.fullmatch(rollout_id) else None
+    return jsonify(found.to_dict()) if found is not None else _no_rollout(rollout_id)
+
+
+@blueprint.post("/v1/rollouts/<rollout_id>/<action>")
+def control_rollout(rollout_id: str, action: str) -> Any:
+    """Pause, resume, abort or promote a rollout: the rollout as it is then; 404 for an
+    unknown rollout or action, 409 with the reason when its state does not allow it."""
+    from workers import rollouts as rollout_ops  # noqa: PLC0415
+    from workers.gates import settings_now  # noqa: PLC0415
+
+    _query(set())
+    if action not in ROLLOUT_ACTIONS:
+        return _error(404, f"no action {action!r}; expected one of {list(ROLLOUT_ACTIONS)}")
+    redis = _redis()
+    if (
+        not ROLLOUT_ID_PATTERN.fullmatch(rollout_id)
+        or rollout_ops.get_rollout(redis, rollout_id) is None
+    ):
+        return _no_rollout(rollout_id)
+    settings = _settings()
+    try:
+        changed = getattr(rollout_ops, action)(redis, settings, rollout_id, settings_now(settings))
+    except rollout_ops.RolloutError as error:
+        return _error(409, str(error))
+    log.info("rollout %s: %s by the admin API", rollout_id, action)
+    return jsonify(changed.to_dict())
+
+
+@blueprint.get("/v1/approvals")
+def approvals() -> Any:
+    """Updates that wait for an approval (containers labeled io.podhook.approval=required)."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from workers.approvals import pending_approvals  # noqa: PLC0415
+
+    _query(set())
+    return jsonify([asdict(item) for item in pending_approvals(_redis())])
+
+
+def parse_approval_body(data: bytes) -> tuple[str, str | None, str | None]:
+    """The reference, digest (optional) and host (optional) of an approval's JSON body.
+    Raises BodyError naming the field at fault."""
+    try:
+        body = json.loads(data) if data.strip() else None
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise BodyError('body: expected a JSON object such as {"reference": "host/app:1"}')
+    for name in body:
+        if name not in APPROVAL_FIELDS:
+            raise BodyError(f"{name}: unknown field; expected one of {list(APPROVAL_FIELDS)}")
+    values = []
+    for name in APPROVAL_FIELDS:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise BodyError(f"{name}: expected a non-empty string")
+        values.append(value.strip() if value else None)
+    reference, digest, host = values
+    if reference is None:
+        raise BodyError("reference: required")
+    if digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise BodyError("digest: expected sha256:<64 hex digits>")
+    return reference, digest, host
+
+
+@blueprint.post("/v1/approvals")
+def approve() -> Any:
+    """Approve the pending update of a reference (on one host, or all): the updates approved,
+    whose hosts converge now; 404 when none waits and no digest was named."""
+    from workers.approvals import NothingToApproveError, approve_updates  # noqa: PLC0415
+
+    _query(set())
+    reference, digest, host = parse_approval_body(request.get_data(cache=False))
+    settings = _settings()
+    try:
+        approved = approve_updates(
+            _redis(), reference, digest, host, JobOptions.from_settings(settings)
+        )
+    except NothingToApproveError as error:
+        return _error(404, str(error))
+    log.info("%s approved by the admin API on %d host(s)", reference, len(approved))
+    return jsonify(
+        {
+            "reference": reference,
+            "approved": [{"host": a.host, "digest": a.digest} for a in approved],
+        }
+    )
+
+
 @blueprint.get("/openapi.yaml")
 def openapi() -> Any:
     """The OpenAPI 3.1 description of every podhook endpoint (no token needed)."""
