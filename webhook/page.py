@@ -26,6 +26,8 @@ from redis.exceptions import RedisError
 from webhook.api import is_admin_token
 from webhook.limits import count_failure, seconds_refused
 from webhook.sessions import end_session, start_session
+from workers import rollouts as rollout_ops
+from workers.approvals import NothingToApproveError, approve_updates, pending_approvals
 from workers.fleet import (
     HostSelectionError,
     describe_hosts,
@@ -34,8 +36,10 @@ from workers.fleet import (
     list_updates,
     request_reconciles,
 )
+from workers.gates import settings_now
 from workers.joblog import list_jobs
 from workers.queueing import JobOptions
+from workers.rollouts import list_rollouts
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.webhook")
@@ -44,6 +48,7 @@ blueprint = Blueprint("page", __name__)
 RECENT_UPDATES = 20
 RECENT_FAILED_JOBS = 10
 RECENT_RECONCILES = 10
+RECENT_ROLLOUTS = 10
 REFRESH_SECONDS = 10
 # The page needs nothing but its own stylesheet and same-origin forms; framing is refused so
 # the logged-in page cannot be clickjacked.
@@ -149,6 +154,8 @@ def index() -> Any:
         reconciles = list_reconciles(redis, limit=RECENT_RECONCILES)
         updates = list_updates(redis, limit=RECENT_UPDATES)
         failed_jobs = list_jobs(redis, state="failed", limit=RECENT_FAILED_JOBS)
+        rollouts = list_rollouts(redis, RECENT_ROLLOUTS)
+        approvals = pending_approvals(redis)
     except RedisError as error:
         log.error("status page: Redis: %s", error)
         return render_template(
@@ -163,6 +170,8 @@ def index() -> Any:
         reconciles=reconciles,
         updates=updates,
         failed_jobs=failed_jobs,
+        rollouts=rollouts,
+        approvals=approvals,
         is_reconcile_job=is_reconcile_job,
         notices=notices,
         csrf=csrf_token(),
@@ -241,6 +250,73 @@ def reconcile() -> Any:
         for skipped, reason in requested.skipped.items():
             flash(f"{skipped} left out: {reason}", "note")
     return redirect(url_for("page.index", _anchor="reconciles"), code=303)
+
+
+def _allowed_form() -> Any:
+    """None when the form comes from a logged-in page with its form token, else the answer."""
+    if not _settings().admin_token:
+        return _disabled()
+    if not session.get("admin"):
+        return _login_form("Log in first.", 401)
+    if not _is_csrf_token(request.form.get("csrf")):
+        log.warning("status page: a form without a valid token from %s", request.remote_addr)
+        return render_template("refused.html"), 403
+    return None
+
+
+@blueprint.post("/rollouts")
+def control_rollout() -> Any:
+    """Pause, resume, abort or promote the rollout named in the form; then back to the page,
+    which says what happened or why not. Needs the session and its form token."""
+    refused = _allowed_form()
+    if refused is not None:
+        return refused
+    rollout = request.form.get("rollout", "").strip()
+    action = request.form.get("action", "")
+    if action not in ("pause", "resume", "abort", "promote") or not rollout:
+        return render_template("refused.html", reason="Name a rollout and an action."), 400
+    settings = _settings()
+    try:
+        changed = getattr(rollout_ops, action)(
+            current_app.extensions["podhook"]["redis"], settings, rollout, settings_now(settings)
+        )
+    except rollout_ops.RolloutError as error:
+        flash(f"Rollout {rollout}: {error}", "error")
+    except RedisError as error:
+        flash(f"Rollout {rollout}: Redis unavailable: {error}", "error")
+    else:
+        flash(f"Rollout {changed.id}: {changed.steps[-1].text}", "ok")
+    return redirect(url_for("page.index", _anchor=f"rollout-{rollout}"), code=303)
+
+
+@blueprint.post("/approve")
+def approve() -> Any:
+    """Approve the pending update named in the form (reference, digest, host); its host
+    converges now."""
+    refused = _allowed_form()
+    if refused is not None:
+        return refused
+    reference = request.form.get("reference", "").strip()
+    digest = request.form.get("digest", "").strip() or None
+    host = request.form.get("host", "").strip() or None
+    if not reference:
+        return render_template("refused.html", reason="Name the reference to approve."), 400
+    try:
+        approved = approve_updates(
+            current_app.extensions["podhook"]["redis"],
+            reference,
+            digest,
+            host,
+            JobOptions.from_settings(_settings()),
+        )
+    except NothingToApproveError as error:
+        flash(str(error), "error")
+    except RedisError as error:
+        flash(f"Not approved: Redis unavailable: {error}", "error")
+    else:
+        for item in approved:
+            flash(f"Approved {reference}@{item.digest[:19]} on {item.host}: it updates now", "ok")
+    return redirect(url_for("page.index", _anchor="rollouts"), code=303)
 
 
 @blueprint.post("/logout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -71,3 +72,28 @@ def test_an_approval_lets_the_waiting_hosts_converge(client, redis):
 def test_a_bad_approval_is_a_400_naming_the_field(client, body, message):
     response = client.post("/v1/approvals", json=body, headers=AUTH)
     assert response.status_code == 400 and message in response.get_json()["error"]
+
+
+def _form_token(client: Any) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text)
+    return found.group(1) if found else ""
+
+
+def test_the_page_shows_rollouts_and_approvals_and_acts_on_them(client, redis, rollout):
+    client.post("/login", data={"token": ADMIN, "csrf": _form_token(client)})
+    request_approval(redis, "web-1", REF, DIGEST, ["web"], 1.0)
+    page = client.get("/").text
+    assert f'id="rollout-{rollout.id}"' in page and "canary-1" in page
+    assert "Waiting for an approval" in page and "Approve</button>" in page
+    token = _form_token(client)
+    paused = client.post(
+        "/rollouts", data={"csrf": token, "rollout": rollout.id, "action": "pause"}
+    )
+    assert paused.status_code == 303
+    assert "paused by the operator" in client.get("/").text
+    forged = client.post("/rollouts", data={"csrf": "x", "rollout": rollout.id, "action": "abort"})
+    assert forged.status_code == 403
+    approved = client.post(
+        "/approve", data={"csrf": token, "reference": REF, "digest": DIGEST, "host": "web-1"}
+    )
+    assert approved.status_code == 303 and redis.exists(work_key("web-1", REF))
