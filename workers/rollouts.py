@@ -158,7 +158,7 @@ def start_rollout(
     _save(redis, rollout)
     if previous is not None:
         supersede(redis, settings, _text(previous), rollout, now)
-    _carry_out(redis, settings, rollout, opened, len(rollout.steps))
+    _carry_out(redis, settings, rollout, opened, 0)  # every step is new
     return rollout
 
 

@@ -353,3 +353,36 @@ def test_a_reconcile_names_each_container_its_image_and_podmans_reason(receiver)
     ):
         assert expected in message, (expected, message)
     assert "None" not in payload["title"] + message and "digest:" not in message
+
+
+def test_each_rollout_step_is_one_message_naming_the_hosts_and_the_failing_check(receiver, redis):
+    from workers.hosts import register_host
+    from workers.rollout_policy import parse_policies
+    from workers.rollouts import HostState, record_host, start_rollout
+
+    for host, ring in (("canary-1", "canary"), ("web-1", "main"), ("web-2", "main")):
+        register_host(redis, host, labels={"ring": ring})
+    [policy] = parse_policies(
+        [{"soak": 60, "waves": [{"name": "canary", "hosts": "ring=canary"}, {"name": "rest"}]}]
+    )
+    told = settings(f"json://127.0.0.1:{receiver.port}/hook", status_url="https://podhook.example/")
+    reference = "registry.example.com/team/app:1.2"
+    rollout = start_rollout(redis, told, policy, reference, DIGEST, 1_900_000_000.0)
+    record_host(
+        redis,
+        told,
+        rollout,
+        "canary-1",
+        HostState.FAILED,
+        "app: rolled_back: its health check `cat /healthy` failed",
+        1_900_000_010.0,
+    )
+    started, halted = receiver.json_payloads()
+    assert started["title"].endswith("wave canary started on 1 host: canary-1")
+    assert "started for " + DIGEST in started["message"]
+    assert "halted in wave canary: canary-1: app: rolled_back" in halted["title"]
+    body = halted["message"]
+    assert f"digest: {DIGEST}" in body and "its health check `cat /healthy` failed" in body
+    assert "wave 2 rest (*): pending" in body and "  web-1: waiting" in body
+    assert f"status: https://podhook.example/#rollout-{rollout.id}" in body
+    assert TOKEN not in body
