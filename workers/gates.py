@@ -14,10 +14,11 @@ import time
 from redis import Redis
 
 from workers.approvals import clear_pending, is_approved, request_approval
+from workers.inventory import routed_reference
 from workers.podman_runtime import AUTHFILE_LABEL, Container
 from workers.report import ContainerReport, UpdateState, lasting_rows
 from workers.rollout_policy import policy_for
-from workers.rollouts import HostState, record_host, rollout_of, start_rollout
+from workers.rollouts import HostState, get_rollout, record_host, rollout_of, start_rollout
 from workers.settings import Settings
 from workers.update import DigestLookup, Hold
 from workers.update_policy import APPROVAL_LABEL, MIN_AGE_LABEL, format_time, read_policy
@@ -47,7 +48,7 @@ class FleetGate:
     def digest_for(self, reference: str, members: list[Container]) -> str | None:
         """The registry's digest of ``reference`` when a rollout or a container's policy needs
         one, else None (no registry request)."""
-        rolled_out = policy_for(self.settings.rollouts, reference) is not None
+        rolled_out = policy_for(self.settings.rollouts, self._routed(reference)) is not None
         asked = any(read_policy(c.labels).asks_anything for c in members)
         if not (rolled_out or asked) or self.lookup is None or not members:
             return None
@@ -59,6 +60,7 @@ class FleetGate:
     def hold(self, reference: str, digest: str | None, behind: list[Container]) -> Hold | None:
         """Why ``behind`` must not update to ``digest`` now, or None."""
         now = settings_now(self.settings)
+        reference = self._routed(reference)
         policy = policy_for(self.settings.rollouts, reference)
         if policy is not None and digest:
             rollout = start_rollout(self.redis, self.settings, policy, reference, digest, now)
@@ -113,11 +115,17 @@ class FleetGate:
     def settled(self, reference: str, digest: str | None, rows: list[ContainerReport]) -> None:
         """Clear a pending approval the rows no longer need, and tell the reference's rollout
         how this host did."""
+        reference = self._routed(reference)
         if not any(r.state is UpdateState.PENDING for r in rows):
             clear_pending(self.redis, self.host, reference)
-        if not digest or policy_for(self.settings.rollouts, reference) is None:
+        if policy_for(self.settings.rollouts, reference) is None:
             return
-        rollout = rollout_of(self.redis, reference, digest)
+        # Without the digest (a handed-off restart completed later, say): the newest rollout.
+        rollout = (
+            rollout_of(self.redis, reference, digest)
+            if digest
+            else get_rollout(self.redis, reference)
+        )
         if rollout is None or not rollout.may_update(self.host):
             return
         state, reason = _host_state(rows)
@@ -131,6 +139,10 @@ class FleetGate:
                 reason,
                 settings_now(self.settings),
             )
+
+    def _routed(self, reference: str) -> str:
+        """The reference as pushes name it (registry aliases applied), as rollouts key it."""
+        return routed_reference(reference, self.settings.registry_aliases) or reference
 
     def _first_seen(self, reference: str, digest: str, now: float) -> float:
         key = FIRST_SEEN_KEY.format(reference=reference, digest=digest)

@@ -456,6 +456,9 @@ def _complete_handoff(
                 )
                 pipe.execute()
     audit.record(redis, "outcome", report.to_dict(), settings.audit_retention)
+    if begun.kind == "converge":
+        digest = begun.event.digest if begun.event is not None else None
+        FleetGate(redis, settings, handoff.host, None).settled(begun.reference, digest, rows)
     # Metrics and notifications are about the rows the handoff completed, the others were
     # counted and told when the job saved them.
     completed = replace(report, rows=tuple(rows))

@@ -359,7 +359,7 @@ def page_posts(app: Any) -> list[str]:
 def test_every_post_of_the_page_needs_the_form_token(redis_url, redis):
     register_host(redis, "host-a")
     app = app_for(redis_url)
-    assert page_posts(app) == ["/login", "/logout", "/reconcile"]
+    assert page_posts(app) == ["/approve", "/login", "/logout", "/reconcile", "/rollouts"]
     client = browser(app)
     login(client)
     for path in page_posts(app):
