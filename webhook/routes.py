@@ -20,9 +20,9 @@ from webhook.serving import BODY_SECONDS, RequestTimeoutError, start_body_deadli
 from webhook.sources import UNKNOWN_REGISTRY, PayloadError, clean_delivery_id, get_source
 from workers import audit, metrics
 from workers.events import EventError, PushEvent, make_event
-from workers.queueing import JobOptions, NoHostsError, is_delivery_seen, remember_delivery
+from workers.queueing import JobOptions, NoHostsError, delivery_key, remember_delivery
 from workers.redis_connection import confirm_replicated
-from workers.routing import dispatch_push
+from workers.routing import dispatch_pushes
 from workers.settings import Settings
 
 log = logging.getLogger("podhook.webhook")
@@ -209,8 +209,19 @@ def receive(name: str, secret: str | None = None) -> Any:
         return jsonify(parsed.reply), 200
 
     summary: dict[str, Any] = {"events": len(events), "ignored": parsed.ignored}
+    outcome = "queued" if events else "ignored"
     try:
-        if parsed.delivery and is_delivery_seen(redis, name, parsed.delivery):
+        # One script dedups, routes, records the desired states and decides; a second queues
+        # the new jobs (workers/routing.py).
+        dispatch = dispatch_pushes(
+            redis,
+            events,
+            JobOptions.from_settings(settings),
+            seen_key=delivery_key(name, parsed.delivery) if parsed.delivery else None,
+            stale_after=settings.host_stale_after,
+            inventory_max_age=settings.inventory_max_age,
+        )
+        if dispatch.duplicate:
             _count(endpoint.source, "duplicate")
             log.info(
                 "delivery to endpoint=%s seen before; nothing queued",
@@ -222,15 +233,8 @@ def receive(name: str, secret: str | None = None) -> Any:
         queued: dict[str, None] = {}
         duplicates, jobs = 0, []
         per_host = Counter[str]()
-        options = JobOptions.from_settings(settings)
-        for event in events:
-            for job in dispatch_push(
-                redis,
-                event,
-                options,
-                stale_after=settings.host_stale_after,
-                inventory_max_age=settings.inventory_max_age,
-            ):
+        for event, event_jobs in zip(events, dispatch.jobs, strict=True):
+            for job in event_jobs:
                 jobs.append(
                     {
                         "host": job.host,
@@ -249,11 +253,14 @@ def receive(name: str, secret: str | None = None) -> Any:
                     per_host[job.host] += 1
         # On a replica before 2xx, and before the delivery id is remembered (docs/ha.md).
         confirm_replicated(redis, settings)
+        # The delivery id, the audit entry and the delivery's counts: one round trip, all or
+        # nothing, so a delivery answered 503 here is not counted as queued.
+        pipe = redis.pipeline(transaction=True)
         if parsed.delivery:
-            remember_delivery(redis, name, parsed.delivery)
+            remember_delivery(pipe, name, parsed.delivery)
         if events:
-            audit.record(
-                redis,
+            audit.append(
+                pipe,
                 "delivery",
                 {
                     "endpoint": name,
@@ -266,6 +273,15 @@ def receive(name: str, secret: str | None = None) -> Any:
                 },
                 settings.audit_retention,
             )
+        metrics.add_delivery(
+            pipe,
+            endpoint.source,
+            outcome,
+            events=len(events),
+            ignored=parsed.ignored,
+            jobs=per_host,
+        )
+        pipe.execute()
     except NoHostsError as error:
         _count(endpoint.source, "unavailable")
         log.warning(
@@ -281,8 +297,6 @@ def receive(name: str, secret: str | None = None) -> Any:
             extra={**fields, "status": 503},
         )
         return _refuse(503, "job queue unavailable; retry later")
-    outcome = "queued" if events else "ignored"
-    _count(endpoint.source, outcome, events=len(events), ignored=parsed.ignored, jobs=per_host)
     log.info(
         "delivery endpoint=%s: events=%d ignored=%d queued=%d duplicates=%d",
         name,

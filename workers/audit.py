@@ -29,10 +29,10 @@ class AuditEntry:
         return {"id": self.id, "time": self.time, "kind": self.kind, **self.data}
 
 
-def record(redis: Redis, kind: str, data: dict[str, Any], retention_seconds: int) -> str:
-    """Append an entry, trimming entries older than ``retention_seconds``. Returns its id."""
+def append(pipe: Any, kind: str, data: dict[str, Any], retention_seconds: int) -> None:
+    """Queue on pipeline ``pipe`` the append of an entry and the trim of entries older than
+    ``retention_seconds`` (two commands; the first one's reply is the entry's id)."""
     oldest_ms = int((time.time() - retention_seconds) * 1000)
-    pipe = redis.pipeline(transaction=False)  # one round trip for both
     pipe.xadd(
         AUDIT_STREAM,
         {"kind": kind, "data": json.dumps(data, separators=(",", ":"))},
@@ -40,6 +40,12 @@ def record(redis: Redis, kind: str, data: dict[str, Any], retention_seconds: int
         approximate=True,
     )
     pipe.xtrim(AUDIT_STREAM, maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+
+
+def record(redis: Redis, kind: str, data: dict[str, Any], retention_seconds: int) -> str:
+    """Append an entry, trimming entries older than ``retention_seconds``. Returns its id."""
+    pipe = redis.pipeline(transaction=False)  # one round trip for both
+    append(pipe, kind, data, retention_seconds)
     entry_id = pipe.execute()[0]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 

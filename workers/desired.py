@@ -29,21 +29,22 @@ class DesiredState:
     received_at: float | None = None
 
 
-def record_push(redis: Redis, event: PushEvent) -> None:
-    """Make ``event`` the desired state of its reference (one round trip, atomic)."""
-    key = DESIRED_KEY.format(reference=event.reference)
-    pipe = redis.pipeline(transaction=True)
-    pipe.hincrby(key, "generation", 1)
-    pipe.hset(
-        key,
-        mapping={
-            "digest": event.digest or "",
-            "source": event.source,
-            "received_at": "" if event.received_at is None else repr(event.received_at),
-        },
-    )
-    pipe.expire(key, DESIRED_TTL_SECONDS)
-    pipe.execute()
+# How a push becomes its reference's desired state, in Lua, for the script that routes pushes
+# (workers/routing.py): called with the desired key and ``push_fields(event)``. The generation
+# and the fields change together, atomically.
+RECORD_PUSH_LUA = f"""
+local function record_push(key, digest, source, received_at)
+    redis.call('HINCRBY', key, 'generation', 1)
+    redis.call('HSET', key, 'digest', digest, 'source', source, 'received_at', received_at)
+    redis.call('EXPIRE', key, {DESIRED_TTL_SECONDS})
+end
+"""
+
+
+def push_fields(event: PushEvent) -> list[str]:
+    """The digest, source and arrival time a push records, as Redis stores them."""
+    received_at = "" if event.received_at is None else repr(event.received_at)
+    return [event.digest or "", event.source, received_at]
 
 
 def get_desired(redis: Redis, reference: str) -> DesiredState | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -82,20 +83,42 @@ def _bucket(seconds: float) -> str:
     return "+Inf"
 
 
+def _add(pipe: Any, commands: Iterable[tuple[str, str, str, float]]) -> None:
+    for op, name, field, amount in commands:
+        if op == "float":
+            pipe.hincrbyfloat(_key(name), field, amount)
+        else:
+            pipe.hincrby(_key(name), field, int(amount))
+
+
 def _write(redis: Redis, what: str, commands: Iterable[tuple[str, str, str, float]]) -> bool:
     """Run ``(op, name, field, amount)`` increments in one MULTI; False (logged) on Redis errors."""
     try:
         pipe = redis.pipeline(transaction=True)
-        for op, name, field, amount in commands:
-            if op == "float":
-                pipe.hincrbyfloat(_key(name), field, amount)
-            else:
-                pipe.hincrby(_key(name), field, int(amount))
+        _add(pipe, commands)
         pipe.execute()
     except RedisError as error:
         log.warning("metrics: cannot record %s in Redis: %s", what, error)
         return False
     return True
+
+
+def _delivery_commands(
+    source: str,
+    outcome: str,
+    events: int,
+    ignored: int,
+    jobs: Mapping[str, int] | None,
+) -> list[tuple[str, str, str, float]]:
+    if outcome not in DELIVERY_OUTCOMES:
+        raise ValueError(f"unknown delivery outcome {outcome!r}")
+    commands: list[tuple[str, str, str, float]] = [("int", DELIVERIES, _field(source, outcome), 1)]
+    if events:
+        commands.append(("int", EVENTS_QUEUED, _field(source), events))
+    if ignored:
+        commands.append(("int", EVENTS_IGNORED, _field(source), ignored))
+    commands += [("int", JOBS_QUEUED, _field(host), n) for host, n in (jobs or {}).items() if n]
+    return commands
 
 
 def record_delivery(
@@ -113,15 +136,24 @@ def record_delivery(
     each host to its newly queued jobs. Returns whether it was recorded; never raises for Redis
     (the failure is logged at warning). Raises ValueError for an unknown outcome.
     """
-    if outcome not in DELIVERY_OUTCOMES:
-        raise ValueError(f"unknown delivery outcome {outcome!r}")
-    commands = [("int", DELIVERIES, _field(source, outcome), 1)]
-    if events:
-        commands.append(("int", EVENTS_QUEUED, _field(source), events))
-    if ignored:
-        commands.append(("int", EVENTS_IGNORED, _field(source), ignored))
-    commands += [("int", JOBS_QUEUED, _field(host), n) for host, n in (jobs or {}).items() if n]
+    commands = _delivery_commands(source, outcome, events, ignored, jobs)
     return _write(redis, f"a delivery ({outcome})", commands)
+
+
+def add_delivery(
+    pipe: Any,
+    source: str,
+    outcome: str,
+    *,
+    events: int = 0,
+    ignored: int = 0,
+    jobs: Mapping[str, int] | None = None,
+) -> None:
+    """Queue on pipeline ``pipe`` the counts ``record_delivery`` makes, for a delivery whose
+    other writes go in the same round trip; the pipeline's caller handles Redis errors.
+    Raises ValueError for an unknown outcome.
+    """
+    _add(pipe, _delivery_commands(source, outcome, events, ignored, jobs))
 
 
 def record_outcomes(redis: Redis, report: JobReport) -> bool:

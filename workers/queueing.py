@@ -20,11 +20,12 @@ from rq import Queue, Retry, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from workers.redis_connection import connect
+from workers.redis_connection import LuaScript, connect
 from workers.settings import Settings
 
 DELIVERIES_KEY = "podhook:delivery:{endpoint}:{delivery}"
-WORK_KEY = "podhook:work:{host}:{reference}"
+WORK_KEY_PREFIX = "podhook:work:"
+WORK_KEY = WORK_KEY_PREFIX + "{host}:{reference}"
 CONVERGE_FUNCTION = "workers.jobs.converge"
 RECONCILE_FUNCTION = "workers.jobs.reconcile"
 
@@ -104,15 +105,20 @@ def new_job_id(kind: str, host: str, reference: str) -> str:
     return f"{kind}-{stem}-{uuid.uuid4().hex[:12]}"
 
 
+def delivery_key(endpoint: str, delivery: str) -> str:
+    """The Redis key that exists while a delivery id of that endpoint is remembered."""
+    return DELIVERIES_KEY.format(endpoint=endpoint, delivery=delivery)
+
+
 def is_delivery_seen(redis: Redis, endpoint: str, delivery: str) -> bool:
     """Whether a delivery id of that endpoint was queued before."""
-    return bool(redis.exists(DELIVERIES_KEY.format(endpoint=endpoint, delivery=delivery)))
+    return bool(redis.exists(delivery_key(endpoint, delivery)))
 
 
 def remember_delivery(redis: Redis, endpoint: str, delivery: str) -> None:
-    """Mark a delivery id as queued, so a redelivery queues nothing."""
-    key = DELIVERIES_KEY.format(endpoint=endpoint, delivery=delivery)
-    redis.set(key, 1, ex=DELIVERY_MEMORY_SECONDS)
+    """Mark a delivery id as queued, so a redelivery queues nothing. ``redis`` may be a
+    pipeline."""
+    redis.set(delivery_key(endpoint, delivery), 1, ex=DELIVERY_MEMORY_SECONDS)
 
 
 def _text(value: Any) -> str:
@@ -121,6 +127,153 @@ def _text(value: Any) -> str:
 
 def _read_work(pipe: Any, key: str) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}
+
+
+# Where a hint for (host, reference) goes, in Lua, for every script that decides it (the routing
+# script of workers/routing.py and _COMMIT below): ``decide(work_key)`` returns "join" and the
+# job that waits (or runs, its work still marked waiting: a retry), "again" and the job that
+# runs (marked to look once more when it ends), or "new" when no live job holds the work.
+# ``job_liveness`` says the same in Python. The script is given ARGV[1] and ARGV[2]: RQ's key
+# prefixes of jobs and of workers.
+DECIDE_LUA = """
+local job_prefix, worker_prefix = ARGV[1], ARGV[2]
+local function liveness(job)
+    if not job or job == '' then return 'gone' end
+    local fields = redis.call('HMGET', job_prefix .. job, 'status', 'worker_name')
+    local status, worker = fields[1], fields[2]
+    if status == 'queued' or status == 'scheduled' or status == 'deferred' then
+        return 'pending'
+    end
+    if status == 'started' and worker and worker ~= '' then
+        if redis.call('EXISTS', worker_prefix .. worker) == 1 then return 'running' end
+    end
+    return 'gone'
+end
+local function decide(work_key)
+    local work = redis.call('HMGET', work_key, 'job', 'state')
+    local live = liveness(work[1])
+    if live == 'pending' or (live == 'running' and work[2] == 'waiting') then
+        return 'join', work[1]
+    end
+    if live == 'running' then
+        redis.call('HSET', work_key, 'again', '1')
+        return 'again', work[1]
+    end
+    return 'new', ''
+end
+"""
+
+# Queues the jobs prepared for (host, reference) pairs whose work no live job holds, as one
+# atomic step with the decision: KEYS are their work keys; ARGV after the two prefixes gives,
+# per key, the job id, the work key's time to live and RQ's own commands for the job (their
+# count, then each command's length and words). A pair whose work a job took meanwhile joins
+# it instead, and its commands are skipped. Replies {decision, job} per key.
+# RQ's commands touch keys not in KEYS (the job's hash, the queue): fine outside Redis Cluster,
+# which podhook does not support.
+_COMMIT = LuaScript(
+    DECIDE_LUA
+    + """
+local pos, replies = 3, {}
+for i, work_key in ipairs(KEYS) do
+    local job_id, ttl, commands = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    local decision, job = decide(work_key)
+    for _ = 1, commands do
+        local words = tonumber(ARGV[pos])
+        if decision == 'new' then redis.call(unpack(ARGV, pos + 1, pos + words)) end
+        pos = pos + 1 + words
+    end
+    if decision == 'new' then
+        redis.call('HSET', work_key, 'job', job_id, 'state', 'waiting', 'again', '0')
+        redis.call('EXPIRE', work_key, ttl)
+        job = job_id
+    end
+    replies[i] = {decision, job}
+end
+return replies
+"""
+)
+
+
+def lua_prefixes() -> list[str]:
+    """The ARGV[1] and ARGV[2] that DECIDE_LUA expects: RQ's key prefixes of jobs and workers."""
+    return [Job.redis_job_namespace_prefix, Worker.redis_worker_namespace_prefix]
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A convergence job built by RQ but not stored yet: its id and the commands (words of
+    each) that RQ's ``enqueue_call`` would send to store and queue it."""
+
+    host: str
+    reference: str
+    job_id: str
+    commands: tuple[tuple[Any, ...], ...]
+
+
+def prepare_convergence(
+    redis: Redis,
+    host: str,
+    reference: str,
+    options: JobOptions | None = None,
+    *,
+    hint: dict[str, Any] | None = None,
+    at_front: bool = False,
+) -> PreparedJob:
+    """Build the convergence job of (host, reference) as RQ would queue it, without storing it.
+
+    RQ's ``enqueue_call`` writes it into a pipeline that is never executed: the commands it
+    holds are exactly what RQ stores, for ``commit_convergence`` to run. Sends nothing to
+    Redis (but RQ's one INFO per client, for the server version).
+    """
+    options = options or JobOptions()
+    job_id = new_job_id("converge", host, reference)
+    pipe = redis.pipeline(transaction=True)
+    get_queue(redis, host).enqueue_call(
+        CONVERGE_FUNCTION,
+        args=(host, reference),
+        job_id=job_id,
+        timeout=options.job_timeout,
+        result_ttl=options.result_ttl,
+        failure_ttl=options.result_ttl,
+        retry=Retry(max=options.retries, interval=RETRY_INTERVALS) if options.retries > 0 else None,
+        description=f"converge {reference}",
+        meta={"host": host, "reference": reference, "event": hint or {}},
+        pipeline=pipe,
+        at_front=at_front,
+    )
+    commands = tuple(tuple(args) for args, _ in pipe.command_stack)
+    pipe.reset()
+    return PreparedJob(host, reference, job_id, commands)
+
+
+def work_ttl(options: JobOptions) -> int:
+    """Seconds a work key lives: longer than every attempt of its job, so a crashed worker
+    cannot pin the work for good."""
+    return options.job_timeout * (options.retries + 2) + sum(RETRY_INTERVALS)
+
+
+def commit_convergence(
+    redis: Redis, prepared: list[PreparedJob], options: JobOptions | None = None
+) -> list[QueuedJob]:
+    """Queue each prepared job unless a live job holds its (host, reference) already: one
+    round trip, atomic with the decision (see ``request_convergence``). Returns one QueuedJob
+    per prepared job, in order. Raises redis.RedisError when Redis fails.
+    """
+    if not prepared:
+        return []
+    ttl = work_ttl(options or JobOptions())
+    args: list[Any] = lua_prefixes()
+    for job in prepared:
+        args += [job.job_id, ttl, len(job.commands)]
+        for command in job.commands:
+            args += [len(command), *command]
+    keys = [work_key(job.host, job.reference) for job in prepared]
+    replies = _COMMIT(redis, keys, args)
+    return [
+        QueuedJob(job.host, _text(queued), duplicate=_text(decision) != "new")
+        for job, (decision, queued) in zip(prepared, replies, strict=True)
+    ]
 
 
 def request_convergence(
@@ -136,53 +289,13 @@ def request_convergence(
 
     Joins the host's job for that reference when one waits (``duplicate``); marks it to look
     again when it ends if it runs; else queues a new job (``workers.jobs.converge``), stored
-    with the work key in one transaction, so a hint is never lost between a job's last look
+    with the work key in one atomic script, so a hint is never lost between a job's last look
     and its end. ``hint`` (the push that asked, for the record) goes into the job's meta.
     Raises redis.RedisError when Redis fails.
     """
-    options = options or JobOptions()
-    key = work_key(host, reference)
-    queue = get_queue(redis, host)
-    for _ in range(_WATCH_ATTEMPTS):
-        with redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                current = _read_work(pipe, key)
-                # A job whose work-horse or worker died holds the work no longer.
-                liveness = job_liveness(pipe, current["job"]) if current.get("job") else "gone"
-                if liveness == "pending" or (
-                    liveness == "running" and current.get("state") == "waiting"
-                ):
-                    return QueuedJob(host, current["job"], duplicate=True)
-                pipe.multi()
-                if liveness == "running":
-                    pipe.hset(key, "again", "1")
-                    pipe.execute()
-                    return QueuedJob(host, current["job"], duplicate=True)
-                job_id = new_job_id("converge", host, reference)
-                queue.enqueue_call(
-                    CONVERGE_FUNCTION,
-                    args=(host, reference),
-                    job_id=job_id,
-                    timeout=options.job_timeout,
-                    result_ttl=options.result_ttl,
-                    failure_ttl=options.result_ttl,
-                    retry=Retry(max=options.retries, interval=RETRY_INTERVALS)
-                    if options.retries > 0
-                    else None,
-                    description=f"converge {reference}",
-                    meta={"host": host, "reference": reference, "event": hint or {}},
-                    pipeline=pipe,
-                    at_front=at_front,
-                )
-                pipe.hset(key, mapping={"job": job_id, "state": "waiting", "again": "0"})
-                # Outlives every attempt of the job, so a crashed worker cannot pin it for good.
-                pipe.expire(key, options.job_timeout * (options.retries + 2) + sum(RETRY_INTERVALS))
-                pipe.execute()
-                return QueuedJob(host, job_id, duplicate=False)
-            except WatchError:
-                continue
-    raise WatchError(f"work of {host} for {reference} kept changing; try again")
+    job = prepare_convergence(redis, host, reference, options, hint=hint, at_front=at_front)
+    [queued] = commit_convergence(redis, [job], options)
+    return queued
 
 
 def start_work(redis: Redis, host: str, reference: str, job_id: str, ttl: int) -> bool:

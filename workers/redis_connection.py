@@ -12,6 +12,7 @@ its service manager restarts it). ``confirm_replicated`` is what makes a deliver
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import time
@@ -22,7 +23,7 @@ from redis import Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -172,6 +173,26 @@ def describe(settings: Settings) -> str:
             f"{','.join(settings.redis_sentinels)}"
         )
     return redact_url(settings.redis_url or DEFAULT_URL)
+
+
+class LuaScript:
+    """A Lua script that Redis runs by its SHA1 (EVALSHA, one round trip), sent whole (EVAL)
+    only to a Redis that does not hold it yet (a new or restarted one).
+
+    The SHA1 is computed once, here, rather than on every call as a redis-py Script built per
+    call would; EVAL leaves the script in Redis's cache for the next EVALSHA.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+
+    def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        """Run the script on ``keys`` and ``args``; its reply. Raises redis.RedisError."""
+        try:
+            return redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return redis.eval(self.text, len(keys), *keys, *args)
 
 
 def confirm_replicated(redis: Redis, settings: Settings) -> int:

@@ -126,7 +126,7 @@ def test_every_answer_of_the_webhook_route_is_counted(client, redis, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("webhook.routes.dispatch_push", broken)
+    monkeypatch.setattr("webhook.routes.dispatch_pushes", broken)
     other = manifest_push(digest="sha256:" + "d" * 64)
     assert post(client, envelope(other)).status_code == 500
 

@@ -20,19 +20,24 @@ from workers.queueing import (
     RECONCILE_TIMER_KEY,
     JobOptions,
     NoHostsError,
+    QueuedJob,
+    commit_convergence,
+    delivery_key,
     finish_work,
     get_queue,
     is_delivery_seen,
     is_work_running,
     job_liveness,
+    prepare_convergence,
     reconcile_due,
     reconcile_soon,
     remember_delivery,
+    request_convergence,
     start_work,
     work_key,
 )
 from workers.report import JobReport
-from workers.routing import dispatch_push, route_push
+from workers.routing import dispatch_push, dispatch_pushes, route_push
 from workers.update import UpdateOutcome
 
 REGISTRY = "registry.example.com"
@@ -126,6 +131,59 @@ def test_the_job_carries_host_reference_retries_and_ttl(redis):
     assert list(job.args) == ["a", REFERENCE]
     assert job.retries_left == 2 and job.result_ttl == 1234
     assert job.meta["host"] == "a" and job.meta["event"]["digest"] == D1
+
+
+def stored(redis, job_id, host):
+    """A job's hash, its time to live, its host's queue and RQ's set of queues."""
+    return (
+        redis.hgetall(Job.key_for(job_id)),
+        redis.ttl(Job.key_for(job_id)),
+        redis.lrange(get_queue(redis, host).key, 0, -1),
+        redis.smembers("rq:queues"),
+    )
+
+
+def test_a_job_is_stored_with_exactly_the_commands_rq_gave(redis):
+    register_host(redis, "a")
+    options = JobOptions(retries=2, result_ttl=1234)
+    prepared = prepare_convergence(redis, "a", REFERENCE, options, hint=event().to_dict())
+    [queued] = commit_convergence(redis, [prepared], options)
+    assert queued == QueuedJob("a", prepared.job_id, duplicate=False)
+    through_the_script = stored(redis, prepared.job_id, "a")
+    redis.flushall()
+    pipe = redis.pipeline(transaction=True)
+    for command in prepared.commands:
+        pipe.execute_command(*command)
+    pipe.execute()
+    assert stored(redis, prepared.job_id, "a") == through_the_script
+    assert through_the_script[0][b"status"] == b"queued"
+
+
+def test_a_job_prepared_while_another_was_queued_joins_it(redis):
+    register_host(redis, "a")
+    late = prepare_convergence(redis, "a", REFERENCE)  # decided "new", not stored yet
+    first = request_convergence(redis, "a", REFERENCE)  # another delivery, meanwhile
+    [joined] = commit_convergence(redis, [late])
+    assert joined == QueuedJob("a", first.job_id, duplicate=True)
+    assert get_queue(redis, "a").get_job_ids() == [first.job_id]
+    assert not redis.exists(Job.key_for(late.job_id))
+
+
+def test_two_pushes_of_one_reference_in_one_delivery_make_one_job(redis):
+    register_host(redis, "a")
+    dispatch = dispatch_pushes(redis, [event(D1), event(D2)])
+    [[first], [second]] = dispatch.jobs
+    assert not first.duplicate and second == QueuedJob("a", first.job_id, duplicate=True)
+    assert get_queue(redis, "a").get_job_ids() == [first.job_id]
+    assert get_desired(redis, REFERENCE).digest == D2
+
+
+def test_a_delivery_seen_before_records_nothing(redis):
+    register_host(redis, "a")
+    remember_delivery(redis, "acr", "d-1")
+    dispatch = dispatch_pushes(redis, [event()], seen_key=delivery_key("acr", "d-1"))
+    assert dispatch.duplicate and dispatch.jobs == []
+    assert get_desired(redis, REFERENCE) is None and len(get_queue(redis, "a")) == 0
 
 
 def taken_by_worker(redis, job_id, worker="w1", alive=True):
