@@ -96,3 +96,22 @@ def test_a_delivery_without_pushes_or_id_takes_only_its_count(client, trips):
     response = post(client, envelope(blob_push()))
     assert response.status_code == 200
     assert trips == [["MULTI", "HINCRBY", "HINCRBY", "EXEC"]]
+
+
+def test_a_redis_that_lost_its_scripts_gets_them_whole_once(client, redis, trips):
+    redis.script_flush()  # as a restarted Redis
+    trips.clear()
+    assert post(client, envelope(manifest_push())).status_code == 202
+    assert [names[0] for names in trips] == ["EVALSHA", "EVAL", "EVALSHA", "EVAL", "MULTI"]
+    trips.clear()
+    assert post(client, envelope(manifest_push(tag="next"))).status_code == 202
+    assert [names[0] for names in trips] == ["EVALSHA", "EVALSHA", "MULTI"]
+
+
+def test_a_script_that_fails_in_redis_is_a_503(client, redis):
+    redis.delete("podhook:inventory-at")
+    redis.set("podhook:inventory-at", "not a sorted set")  # the script's ZRANGEBYSCORE fails
+    response = post(client, envelope(manifest_push()))
+    assert response.status_code == 503 and response.is_json
+    assert response.json["error"] == "job queue unavailable; retry later"
+    assert len(get_queue(redis, "host-a")) == 1  # the warm-up's job only
