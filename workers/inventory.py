@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from redis import Redis
 
-from workers.podman_runtime import Container, ContainerRuntime, ContainerRuntimeError
+from workers.podman_runtime import Container, ContainerRuntimeError, Image
 from workers.reference import InvalidReferenceError, parse_reference
 
 INVENTORY_KEY = "podhook:inventory:{host}"
@@ -39,10 +39,25 @@ def routed_reference(image_reference: str, aliases: Mapping[str, str] | None = N
     return f"{registry}/{ref.repository}:{ref.tag}"
 
 
+class InventorySource(Protocol):
+    """What an inventory is collected from: Podman's containers and images."""
+
+    def list_autoupdate_containers(self) -> list[Container]:
+        """Running containers that carry the auto-update label."""
+        ...
+
+    def list_images(self) -> list[Image]:
+        """Every local image with its digests."""
+        ...
+
+
 def describe_container(
-    container: Container, aliases: Mapping[str, str] | None = None
+    container: Container,
+    aliases: Mapping[str, str] | None = None,
+    image: Image | None = None,
 ) -> dict[str, Any]:
-    """One inventory entry: what routing, the CLI and the page show of a container."""
+    """One inventory entry: what routing, the CLI and the page show of a container, and the
+    digests its image is known by in its own repository (from ``image``)."""
     return {
         "id": container.id,
         "name": container.name,
@@ -51,25 +66,59 @@ def describe_container(
         "reference": routed_reference(container.image_reference, aliases),
         "image_id": container.image_id,
         "policy": container.policy,
+        "digests": _digests(container, image) if image is not None else [],
     }
 
 
+def _digests(container: Container, image: Image) -> list[str]:
+    try:
+        name = parse_reference(container.image_reference).name
+    except InvalidReferenceError:
+        return []
+    found = {d.partition("@")[2] for d in image.repo_digests if d.partition("@")[0] == name}
+    return sorted(found | ({image.digest} if image.digest else set()))
+
+
 def collect_inventory(
-    runtime: ContainerRuntime, aliases: Mapping[str, str] | None = None
+    runtime: InventorySource, aliases: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """The host's auto-update containers (name, unit, image reference, routed reference, image
-    id, policy). A Podman that does not answer yields ``{"error": ...}`` instead of raising.
+    id, policy, the image's digests): two requests. A Podman that does not answer yields
+    ``{"error": ...}`` instead of raising.
     """
     try:
         containers = runtime.list_autoupdate_containers()
+        images = {image.id: image for image in runtime.list_images()}
     except ContainerRuntimeError as error:
         return {"collected_at": time.time(), "error": str(error), "containers": []}
     return {
         "collected_at": time.time(),
         "containers": [
-            describe_container(c, aliases) for c in sorted(containers, key=lambda c: c.name)
+            describe_container(c, aliases, images.get(c.image_id))
+            for c in sorted(containers, key=lambda c: c.name)
         ],
     }
+
+
+def running_digest(
+    inventory: Mapping[str, Any] | None,
+    reference: str,
+    digest: str,
+    max_age: float,
+    now: float | None = None,
+) -> list[dict[str, Any]] | None:
+    """The inventory's containers of ``reference`` when every one of them runs ``digest``
+    (by the image digests the inventory holds) and the inventory is no older than
+    ``max_age`` seconds; else None (ask Podman). A container's image changes only when it
+    starts, and every start publishes the inventory again."""
+    if not inventory or inventory.get("error"):
+        return None
+    if (time.time() if now is None else now) - float(inventory.get("collected_at") or 0) > max_age:
+        return None
+    members = [c for c in inventory.get("containers", []) if c.get("reference") == reference]
+    if not members or any(digest not in (c.get("digests") or ()) for c in members):
+        return None
+    return members
 
 
 def publish_inventory(redis: Redis, host: str, inventory: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from workers.handoff import (
     pending_handoffs,
     worker_identity,
 )
+from workers.inventory import get_inventory, running_digest
 from workers.locks import RedisUnitLocks, UnitLocks
 from workers.logs import log_context
 from workers.notify import notify_outcome
@@ -53,11 +54,12 @@ from workers.report import (
     ContainerReport,
     HandoffInfo,
     JobReport,
+    UpdateState,
     lasting_rows,
 )
 from workers.settings import Settings, load_settings
 from workers.systemd_units import DBusUnitManager, UnitError
-from workers.update import UpdateOptions, UpdateOutcome, Updater
+from workers.update import REGISTRY_POLICIES, UpdateOptions, UpdateOutcome, Updater
 
 log = logging.getLogger("podhook.worker")
 
@@ -148,14 +150,21 @@ def converge(host: str, reference: str) -> dict[str, Any]:
             for _ in range(MAX_LOOKS):
                 desired = get_desired(redis, reference)
                 digest = desired.digest if desired else None
-                outcome, report = _run(
-                    settings,
-                    job,
-                    redis,
-                    host,
-                    _event_for(reference, digest),
-                    lambda updater, d=digest: updater.converge(reference, d),
-                )
+                event = _event_for(reference, digest)
+                unchanged = _unchanged_by_inventory(settings, redis, host, reference, digest)
+                if unchanged is not None:
+                    outcome = UpdateOutcome(rows=unchanged)
+                    report = _report_rows(settings, job, redis, host, event, time.time(), unchanged)
+                    FleetGate(redis, settings, host, None).settled(reference, digest, unchanged)
+                else:
+                    outcome, report = _run(
+                        settings,
+                        job,
+                        redis,
+                        host,
+                        event,
+                        lambda updater, d=digest: updater.converge(reference, d),
+                    )
                 if outcome.lasting:
                     # A restart failed (and was rolled back): another look would restart the
                     # same image again. The next push, or the operator, decides.
@@ -271,7 +280,20 @@ def _run(
         raise TransientUpdateError(str(error)) from error
     finally:
         runtime.close()
-    report = _new_report(host, job, event, started, outcome.rows)
+    return outcome, _report_rows(settings, job, redis, host, event, started, outcome.rows)
+
+
+def _report_rows(
+    settings: Settings,
+    job: Any,
+    redis: Redis,
+    host: str,
+    event: PushEvent | None,
+    started: float,
+    rows: list[ContainerReport],
+) -> JobReport:
+    """Log the rows of a job, save its report and count its outcomes; return the report."""
+    report = _new_report(host, job, event, started, rows)
     for row in report.rows:
         log.log(
             logging.WARNING if row.state in FAILURE_STATES else logging.INFO,
@@ -283,7 +305,43 @@ def _run(
         )
     _save_report(settings, job, redis, report)
     metrics.record_outcomes(redis, report)
-    return outcome, report
+    return report
+
+
+def _unchanged_by_inventory(
+    settings: Settings, redis: Redis, host: str, reference: str, digest: str | None
+) -> list[ContainerReport] | None:
+    """The rows of a job that changes nothing, read from the inventory this host's worker
+    publishes (kept current from Podman's events) instead of asking Podman: when every
+    container of ``reference`` already runs ``digest``, each is ``unchanged``. None when
+    Podman must be asked: no digest, an inventory too old, a container behind or not a
+    plain registry container, or an update of this host cut short (its journal decides)."""
+    if not digest:
+        return None
+    members = running_digest(
+        get_inventory(redis, host), reference, digest, settings.inventory_max_age
+    )
+    if members is None or any(
+        m.get("policy") not in REGISTRY_POLICIES or not m.get("unit") for m in members
+    ):
+        return None
+    if RedisAttemptJournal(redis, host).unfinished():
+        return None
+    return [
+        ContainerReport(
+            container_id=m["id"],
+            container_name=m["name"],
+            unit=m["unit"],
+            image=m["image"],
+            policy=m["policy"],
+            state=UpdateState.UNCHANGED,
+            reason=f"already runs {digest}",
+            old_image=m["image_id"],
+            new_image=m["image_id"],
+            timings={"finished": 0.0},
+        )
+        for m in members
+    ]
 
 
 def _new_report(
