@@ -46,8 +46,8 @@ class InventorySource(Protocol):
         """Running containers that carry the auto-update label."""
         ...
 
-    def list_images(self) -> list[Image]:
-        """Every local image with its digests."""
+    def get_image(self, name_or_id: str) -> Image:
+        """Inspect a local image."""
         ...
 
 
@@ -80,15 +80,21 @@ def _digests(container: Container, image: Image) -> list[str]:
 
 
 def collect_inventory(
-    runtime: InventorySource, aliases: Mapping[str, str] | None = None
+    runtime: InventorySource,
+    aliases: Mapping[str, str] | None = None,
+    images: dict[str, Image] | None = None,
 ) -> dict[str, Any]:
     """The host's auto-update containers (name, unit, image reference, routed reference, image
-    id, policy, the image's digests): two requests. A Podman that does not answer yields
-    ``{"error": ...}`` instead of raising.
+    id, policy, the image's digests): one listing, and an image inspect for each image id not
+    in ``images`` (a cache the caller keeps, filled here; an image id's digests only grow, and
+    a digest missing from the cache only sends a job to ask Podman). A Podman that does not
+    answer yields ``{"error": ...}`` instead of raising.
     """
+    images = {} if images is None else images
     try:
         containers = runtime.list_autoupdate_containers()
-        images = {image.id: image for image in runtime.list_images()}
+        for image_id in {c.image_id for c in containers if c.image_id} - set(images):
+            images[image_id] = runtime.get_image(image_id)
     except ContainerRuntimeError as error:
         return {"collected_at": time.time(), "error": str(error), "containers": []}
     return {

@@ -215,18 +215,6 @@ class PodmanRuntime:
             for entry in listed
         ]
 
-    def list_images(self) -> list[Image]:
-        """Every local image with the digests it is known by: one request."""
-        listed = self._call("listing images", "get", "/images/json").json()
-        return [
-            Image(
-                id=entry["Id"],
-                repo_digests=tuple(entry.get("RepoDigests") or ()),
-                digest=entry.get("Digest") or None,
-            )
-            for entry in listed
-        ]
-
     def get_image(self, name_or_id: str) -> Image:
         """Inspect a local image by name or id."""
         data = self._call(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -29,7 +30,7 @@ from workers.inventory import collect_inventory, publish_inventory, routed_refer
 from workers.jobs import finish_handoffs
 from workers.logs import setup_logging
 from workers.podman_events import ContainerEvent, follow_container_events
-from workers.podman_runtime import ContainerRuntimeError, PodmanRuntime
+from workers.podman_runtime import ContainerRuntimeError, Image, PodmanRuntime
 from workers.queueing import (
     JobOptions,
     get_queue,
@@ -51,6 +52,8 @@ WORKER_TTL = 60
 # Abandoned jobs (a killed worker's) are retried, and a dead scheduler is replaced, this often
 # rather than at RQ's ten-minute maintenance.
 MAINTENANCE_SECONDS = 60
+# How often the heartbeat publishes the inventory when Podman's events did not (seconds).
+INVENTORY_REFRESH_SECONDS = 30
 # How often a worker looks for waits that are over (windows, image ages, rollout soaks).
 WAKE_SECONDS = 2.0
 
@@ -64,6 +67,7 @@ class HostWorker(Worker):
         self.settings = settings
         self.host_id = settings.host_id
         self.main_pid = os.getpid()
+        self._inventory_refreshed = -math.inf
         super().__init__(*args, **kwargs)
 
     @property
@@ -91,7 +95,11 @@ class HostWorker(Worker):
                 self.revive_scheduler()
             if self.get_state() != "busy":
                 finish_handoffs_now(self.connection, self.settings)
-                refresh_inventory(self.connection, self.settings)
+                # Podman's events keep the inventory current; this timer is the backstop. RQ
+                # beats before every dequeue: a listing after every job would delay the next.
+                if time.monotonic() - self._inventory_refreshed > INVENTORY_REFRESH_SECONDS:
+                    refresh_inventory(self.connection, self.settings)
+                    self._inventory_refreshed = time.monotonic()
                 if reconcile_due(self.connection, self.host_id, self.settings.reconcile_interval):
                     request_reconcile(
                         self.connection, self.host_id, JobOptions.from_settings(self.settings)
@@ -134,11 +142,18 @@ def _finish_handoffs_soon(settings: Settings) -> None:
         time.sleep(1)
 
 
+# The digests of the images this process has inspected for the inventory, by image id.
+_IMAGES: dict[str, Image] = {}
+_MAX_IMAGES = 1000
+
+
 def refresh_inventory(redis: Redis, settings: Settings) -> dict[str, Any]:
     """Collect this host's labeled containers from Podman, publish them and return them."""
+    if len(_IMAGES) > _MAX_IMAGES:
+        _IMAGES.clear()
     runtime = PodmanRuntime(settings.podman_url, timeout=10)
     try:
-        inventory = collect_inventory(runtime, settings.registry_aliases)
+        inventory = collect_inventory(runtime, settings.registry_aliases, _IMAGES)
     finally:
         runtime.close()
     publish_inventory(redis, settings.host_id, inventory)
