@@ -269,15 +269,7 @@ class Updater:
             try:
                 digest = lookup(image_reference, authfile)
             except Exception as error:  # noqa: BLE001 - any lookup failure is this reference's
-                for container in containers:
-                    outcome.rows.append(
-                        _row(
-                            container,
-                            UpdateState.FAILED,
-                            f"checking {image_reference}: {error}",
-                            retryable=True,
-                        )
-                    )
+                _fail_retryably(containers, f"checking {image_reference}: {error}", outcome)
                 continue
             self._converge_registry(image_reference, containers, digest, started, outcome)
         for image_reference in sorted(local):
@@ -302,15 +294,8 @@ class Updater:
             try:
                 digest = self.gate.digest_for(reference, members)
             except Exception as error:  # noqa: BLE001 - any lookup failure is this reference's
-                for container in members:
-                    outcome.rows.append(
-                        _row(
-                            container,
-                            UpdateState.FAILED,
-                            f"checking {reference} for its update policy: {error}",
-                            retryable=True,
-                        )
-                    )
+                reason = f"checking {reference} for its update policy: {error}"
+                _fail_retryably(members, reason, outcome)
                 return
         self._decide_registry(reference, members, digest, started, outcome)
         if self.gate is not None:
@@ -984,6 +969,12 @@ def _attempt_containers(attempt: Attempt) -> list[Container]:
         )
         for c in attempt.containers
     ]
+
+
+def _fail_retryably(containers: list[Container], reason: str, outcome: UpdateOutcome) -> None:
+    """A failed row for each of ``containers`` that changed nothing: worth another attempt."""
+    for container in containers:
+        outcome.rows.append(_row(container, UpdateState.FAILED, reason, retryable=True))
 
 
 def _row(

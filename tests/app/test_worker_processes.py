@@ -90,13 +90,21 @@ def _host_worker(redis, tmp_path) -> HostWorker:
     )
 
 
+@pytest.fixture
+def signal_handlers():
+    """Put SIGTERM's and SIGINT's handlers back after a test (RQ's request_stop sets them)."""
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGTERM, saved[0])
+    signal.signal(signal.SIGINT, saved[1])
+
+
 def test_a_stop_swallowed_during_the_heartbeat_still_stops_an_idle_worker(
-    redis, tmp_path, monkeypatch
+    redis, tmp_path, monkeypatch, signal_handlers
 ):
     # SIGTERM lands while the heartbeat asks Podman: RQ raises StopRequested right there, and
     # the Podman client turns it into a ContainerRuntimeError, which the heartbeat logs.
     worker = _host_worker(redis, tmp_path)
-    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     def refresh_interrupted(_redis, _settings):
         try:
@@ -105,25 +113,16 @@ def test_a_stop_swallowed_during_the_heartbeat_still_stops_an_idle_worker(
             raise ContainerRuntimeError(f"listing containers: {error!r}") from error
 
     monkeypatch.setattr("workers.worker.refresh_inventory", refresh_interrupted)
-    try:
-        worker.set_state("idle")
-        with pytest.raises(StopRequested):
-            worker.heartbeat()
-    finally:
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
-
-
-def test_a_stop_during_a_job_waits_for_the_job(redis, tmp_path):
-    worker = _host_worker(redis, tmp_path)
-    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    try:
-        worker.set_state("busy")
-        worker.request_stop(signal.SIGTERM, None)  # warm: no raise while the horse works
+    worker.set_state("idle")
+    with pytest.raises(StopRequested):
         worker.heartbeat()
-        worker.set_state("idle")
-        with pytest.raises(StopRequested):
-            worker.heartbeat()
-    finally:
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
+
+
+def test_a_stop_during_a_job_waits_for_the_job(redis, tmp_path, signal_handlers):
+    worker = _host_worker(redis, tmp_path)
+    worker.set_state("busy")
+    worker.request_stop(signal.SIGTERM, None)  # warm: no raise while the horse works
+    worker.heartbeat()
+    worker.set_state("idle")
+    with pytest.raises(StopRequested):
+        worker.heartbeat()
