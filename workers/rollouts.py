@@ -113,8 +113,11 @@ def start_rollout(
     by their labels; it supersedes the reference's rollout in flight and opens its first wave.
     Several hosts may ask at once: one rollout is started."""
     existing = rollout_of(redis, reference, digest)
-    if existing is not None:
+    current = redis.get(CURRENT_KEY.format(reference=reference))
+    if existing is not None and current is not None and _text(current) == existing.id:
         return existing
+    # None yet, or one a newer push superseded and this digest is pushed again (A, B, A): a
+    # new rollout, from the first wave.
     hosts = route_push(
         redis,
         reference,
@@ -148,11 +151,21 @@ def start_rollout(
     # Empty waves go by at once: a policy whose canary ring has no host goes to the next.
     open_wave(rollout, 0, now)
     opened = [0, *advance(rollout, now)]
+    # The record first, then the pointer that makes it the rollout of (reference, digest): a
+    # host that loses the race reads the winner's record, which is already there.
+    record = ROLLOUT_KEY.format(id=rollout.id)
+    if not redis.set(record, json.dumps(rollout.to_dict()), nx=True, ex=ROLLOUT_TTL_SECONDS):
+        found = get_rollout(redis, rollout.id)  # the same id: started this very second
+        assert found is not None
+        return found
     key = BY_DIGEST_KEY.format(reference=reference, digest=digest)
-    if not redis.set(key, rollout.id, nx=True, ex=ROLLOUT_TTL_SECONDS):
+    if existing is not None:
+        redis.set(key, rollout.id, ex=ROLLOUT_TTL_SECONDS)
+    elif not redis.set(key, rollout.id, nx=True, ex=ROLLOUT_TTL_SECONDS):
+        redis.delete(record)
         found = rollout_of(redis, reference, digest)
-        if found is not None:
-            return found  # another host started it meanwhile
+        assert found is not None  # its record was written before its pointer
+        return found
     previous = redis.getset(CURRENT_KEY.format(reference=reference), rollout.id)
     redis.expire(CURRENT_KEY.format(reference=reference), ROLLOUT_TTL_SECONDS)
     _save(redis, rollout)

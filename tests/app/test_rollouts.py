@@ -106,6 +106,16 @@ def test_a_new_push_supersedes_the_rollout_in_flight(redis, fleet):
     assert [r.id for r in list_rollouts(redis)] == [second.id, first.id]
 
 
+def test_a_digest_pushed_again_after_another_rolls_out_again(redis, fleet):
+    settings, policy = fleet
+    first = start_rollout(redis, settings, policy, REF, D1, T0)
+    start_rollout(redis, settings, policy, REF, D2, T0 + 1)
+    again = start_rollout(redis, settings, policy, REF, D1, T0 + 2)
+    assert again.id != first.id and again.state is RolloutState.ROLLING
+    assert get_rollout(redis, REF).id == again.id
+    assert start_rollout(redis, settings, policy, REF, D1, T0 + 3).id == again.id
+
+
 def test_pause_promote_and_abort(redis, fleet):
     settings, policy = fleet
     rollout = start_rollout(redis, settings, policy, REF, D1, T0)
