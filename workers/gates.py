@@ -18,7 +18,14 @@ from workers.inventory import routed_reference
 from workers.podman_runtime import AUTHFILE_LABEL, Container
 from workers.report import ContainerReport, UpdateState, lasting_rows
 from workers.rollout_policy import policy_for
-from workers.rollouts import HostState, get_rollout, record_host, rollout_of, start_rollout
+from workers.rollouts import (
+    HostState,
+    advance_rollout,
+    get_rollout,
+    record_host,
+    rollout_of,
+    start_rollout,
+)
 from workers.settings import Settings
 from workers.update import DigestLookup, Hold
 from workers.update_policy import APPROVAL_LABEL, MIN_AGE_LABEL, format_time, read_policy
@@ -68,6 +75,9 @@ class FleetGate:
                 rollout = record_host(
                     self.redis, self.settings, rollout, self.host, HostState.WAITING, "", now
                 )
+            if not rollout.may_update(self.host):
+                # Woken at the end of a soak: the wave may open now.
+                rollout = advance_rollout(self.redis, self.settings, rollout, now)
             if not rollout.may_update(self.host):
                 return Hold(UpdateState.WAITING, rollout.hold_reason(self.host))
         policies = [(c, read_policy(c.labels)) for c in behind]

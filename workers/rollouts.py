@@ -55,6 +55,9 @@ CURRENT_KEY = "podhook:rollout-of:{reference}"
 BY_DIGEST_KEY = "podhook:rollout-of:{reference}:{digest}"
 ROLLOUT_TTL_SECONDS = 30 * 24 * 3600
 _WATCH_ATTEMPTS = 50
+# Every worker of the fleet may move rollouts on; one per this many milliseconds does.
+ADVANCING_KEY = "podhook:rollouts-advancing"
+ADVANCE_EVERY_MS = 1000
 
 
 class RolloutError(Exception):
@@ -189,6 +192,14 @@ def supersede(redis: Redis, settings: Settings, old: str, new: Rollout, now: flo
         change_rollout(redis, settings, old, change)
 
 
+def advance_rollout(redis: Redis, settings: Settings, rollout: Rollout, now: float) -> Rollout:
+    """``rollout`` moved on as far as it goes at ``now`` (written only when it moves)."""
+    trial = Rollout.from_dict(rollout.to_dict())
+    if advance(trial, now) or trial.state is not rollout.state or trial.steps != rollout.steps:
+        return change_rollout(redis, settings, rollout.id, lambda r: advance(r, now))
+    return rollout
+
+
 def record_host(
     redis: Redis,
     settings: Settings,
@@ -284,16 +295,17 @@ def _carry_out(
 
 def advance_active(redis: Redis, settings: Settings, now: float) -> int:
     """Move every active rollout on at ``now`` (a soak that ended opens the next wave); only
-    a rollout that moves is written. Returns how many moved."""
+    a rollout that moves is written, and one worker of the fleet looks per second. Returns
+    how many moved."""
+    if not redis.set(ADVANCING_KEY, 1, nx=True, px=ADVANCE_EVERY_MS):
+        return 0
     moved = 0
     for member in redis.smembers(ACTIVE_KEY):
         rollout = get_rollout(redis, _text(member))
         if rollout is None:
             redis.srem(ACTIVE_KEY, member)
             continue
-        trial = Rollout.from_dict(rollout.to_dict())
-        if advance(trial, now) or trial.state is not rollout.state or trial.steps != rollout.steps:
-            change_rollout(redis, settings, rollout.id, lambda r: advance(r, now))
+        if advance_rollout(redis, settings, rollout, now) is not rollout:
             moved += 1
     return moved
 

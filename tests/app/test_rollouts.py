@@ -8,6 +8,7 @@ from workers.hosts import register_host
 from workers.queueing import work_key
 from workers.rollout_policy import parse_policies
 from workers.rollouts import (
+    ADVANCING_KEY,
     HostState,
     RolloutError,
     RolloutState,
@@ -51,6 +52,12 @@ def fleet(redis):
     return settings, policy
 
 
+def advance_now(redis, settings, at):
+    """``advance_active`` at ``at``, past its once-a-second throttle."""
+    redis.delete(ADVANCING_KEY)
+    return advance_active(redis, settings, at)
+
+
 def _converging(redis, host):
     return redis.exists(work_key(host, REF)) == 1
 
@@ -69,8 +76,9 @@ def test_a_good_image_reaches_the_canary_then_the_rest_after_the_soak(redis, fle
     assert rollout.waves[0].state() == "soaking" and rollout.waves[0].soak_until == T0 + 605
     assert "soaking until" in rollout.hold_reason("web-1")
     assert pending_wakeups(redis, "web-1") == {REF: T0 + 605}
-    assert advance_active(redis, settings, T0 + 300) == 0
-    assert advance_active(redis, settings, T0 + 605) == 1
+    assert advance_now(redis, settings, T0 + 300) == 0
+    assert advance_active(redis, settings, T0 + 605) == 0  # one look per second, fleet-wide
+    assert advance_now(redis, settings, T0 + 605) == 1
     rollout = get_rollout(redis, rollout.id)
     assert rollout.wave == 1 and rollout.may_update("web-1")
     assert _converging(redis, "web-1") and _converging(redis, "web-2")
@@ -88,7 +96,7 @@ def test_a_failure_on_the_canary_halts_and_the_rest_never_update(redis, fleet):
     )
     assert rollout.state is RolloutState.HALTED
     assert rollout.reason == "canary-1: web: rolled_back: unhealthy"
-    assert advance_active(redis, settings, T0 + 10_000) == 0
+    assert advance_now(redis, settings, T0 + 10_000) == 0
     rollout = get_rollout(redis, REF)
     assert not rollout.may_update("web-1") and not rollout.may_update("canary-1")
     assert "the rollout halted: canary-1: web: rolled_back" in rollout.hold_reason("web-1")
@@ -121,7 +129,7 @@ def test_pause_promote_and_abort(redis, fleet):
     rollout = start_rollout(redis, settings, policy, REF, D1, T0)
     rollout = record_host(redis, settings, rollout, "canary-1", HostState.UPDATED, "", T0)
     rollout = pause(redis, settings, rollout.id, T0 + 1)
-    assert advance_active(redis, settings, T0 + 10_000) == 0
+    assert advance_now(redis, settings, T0 + 10_000) == 0
     assert not get_rollout(redis, rollout.id).may_update("web-1")
     with pytest.raises(RolloutError, match="not rolling"):
         promote(redis, settings, rollout.id, T0 + 2)
