@@ -68,6 +68,13 @@ class FleetGate:
         """Why ``behind`` must not update to ``digest`` now, or None."""
         now = settings_now(self.settings)
         reference = self._routed(reference)
+        policies = [(c, read_policy(c.labels)) for c in behind]
+        # An image's age counts from the first job that saw it, whatever held it since.
+        seen = (
+            self._first_seen(reference, digest, now)
+            if digest and any(p.min_age for _, p in policies)
+            else now
+        )
         policy = policy_for(self.settings.rollouts, reference)
         if policy is not None and digest:
             rollout = start_rollout(self.redis, self.settings, policy, reference, digest, now)
@@ -80,7 +87,6 @@ class FleetGate:
                 rollout = advance_rollout(self.redis, self.settings, rollout, now)
             if not rollout.may_update(self.host):
                 return Hold(UpdateState.WAITING, rollout.hold_reason(self.host))
-        policies = [(c, read_policy(c.labels)) for c in behind]
         if not digest:
             return None  # nothing below applies without a policy that asked for the digest
         names = sorted(c.name for c, p in policies if p.approval)
@@ -93,7 +99,6 @@ class FleetGate:
             )
         ages = [(c, p.min_age) for c, p in policies if p.min_age]
         if ages:
-            seen = self._first_seen(reference, digest, now)
             container, age = max(ages, key=lambda item: item[1] or 0)
             ready = seen + (age or 0)
             if now < ready:

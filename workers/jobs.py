@@ -315,7 +315,8 @@ def _unchanged_by_inventory(
     publishes (kept current from Podman's events) instead of asking Podman: when every
     container of ``reference`` already runs ``digest``, each is ``unchanged``. None when
     Podman must be asked: no digest, an inventory too old, a container behind or not a
-    plain registry container, or an update of this host cut short (its journal decides)."""
+    plain registry container, an update of this host cut short (its journal decides) or one
+    handed to a transient unit that may still roll back."""
     if not digest:
         return None
     members = running_digest(
@@ -325,7 +326,7 @@ def _unchanged_by_inventory(
         m.get("policy") not in REGISTRY_POLICIES or not m.get("unit") for m in members
     ):
         return None
-    if RedisAttemptJournal(redis, host).unfinished():
+    if RedisAttemptJournal(redis, host).unfinished() or pending_handoffs(redis, host):
         return None
     return [
         ContainerReport(

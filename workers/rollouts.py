@@ -368,6 +368,12 @@ def _control(redis: Redis, settings: Settings, name: str, now: float, action: st
         wave = rollout.waves[rollout.wave]
         if rollout.wave + 1 >= len(rollout.waves):
             raise RolloutError(f"rollout {rollout.id} is in its last wave: nothing to promote")
+        behind = sorted(h for h, r in wave.hosts.items() if r.state is not HostState.UPDATED)
+        if behind:
+            raise RolloutError(
+                f"rollout {rollout.id}: wave {wave.name} is not updated yet on "
+                f"{', '.join(behind)}; promote ends a soak, it does not skip hosts"
+            )
         wave.promoted = True
         record_step(rollout, now, f"wave {wave.name} promoted by the operator")
         return advance(rollout, now)

@@ -213,6 +213,7 @@ class Updater:
         outcome = UpdateOutcome()
         members: list[Container] = []
         settled = self._finish_interrupted(outcome, lambda ref: ref == reference)
+        finished = list(outcome.rows)  # updates cut short, finished now: the rollout hears them
         for container in self.runtime.list_autoupdate_containers():
             if routed_reference(container.image_reference, self.options.registry_aliases) != (
                 reference
@@ -230,9 +231,9 @@ class Updater:
                     )
                 )
         if members:
-            self._converge_registry(reference, members, digest, started, outcome)
-        elif self.gate is not None:
-            self.gate.settled(reference, digest, [])
+            self._converge_registry(reference, members, digest, started, outcome, finished)
+        else:
+            self._settled(reference, digest, finished)
         return outcome
 
     def reconcile(self, lookup: DigestLookup) -> UpdateOutcome:
@@ -249,6 +250,7 @@ class Updater:
         registry: dict[str, list[Container]] = defaultdict(list)
         local: dict[str, list[Container]] = defaultdict(list)
         settled = self._finish_interrupted(outcome, lambda ref: True)
+        finished = list(outcome.rows)
         for container in self.runtime.list_autoupdate_containers():
             if container.name in settled:
                 continue
@@ -271,7 +273,10 @@ class Updater:
             except Exception as error:  # noqa: BLE001 - any lookup failure is this reference's
                 _fail_retryably(containers, f"checking {image_reference}: {error}", outcome)
                 continue
-            self._converge_registry(image_reference, containers, digest, started, outcome)
+            cut_short = [r for r in finished if r.image == image_reference]
+            self._converge_registry(
+                image_reference, containers, digest, started, outcome, cut_short
+            )
         for image_reference in sorted(local):
             self._converge_local(image_reference, local[image_reference], started, outcome)
         return outcome
@@ -288,6 +293,7 @@ class Updater:
         digest: str | None,
         started: float,
         outcome: UpdateOutcome,
+        finished: list[ContainerReport] | None = None,
     ) -> None:
         first = len(outcome.rows)
         if digest is None and self.gate is not None:
@@ -298,8 +304,16 @@ class Updater:
                 _fail_retryably(members, reason, outcome)
                 return
         self._decide_registry(reference, members, digest, started, outcome)
-        if self.gate is not None:
-            self.gate.settled(reference, digest, outcome.rows[first:])
+        self._settled(reference, digest, [*(finished or []), *outcome.rows[first:]])
+
+    def _settled(self, reference: str, digest: str | None, rows: list[ContainerReport]) -> None:
+        """Tell the gate how the reference ended here; its failing never fails the update."""
+        if self.gate is None:
+            return
+        try:
+            self.gate.settled(reference, digest, rows)
+        except Exception as error:  # noqa: BLE001 - the reconcile or the next job tells it again
+            log.warning("telling the rollout of %s how this host did: %s", reference, error)
 
     def _decide_registry(
         self,
@@ -332,7 +346,12 @@ class Updater:
                 behind.append(container)
         if not behind:
             return
-        hold = self.gate.hold(reference, digest, behind) if self.gate is not None else None
+        try:
+            hold = self.gate.hold(reference, digest, behind) if self.gate is not None else None
+        except Exception as error:  # noqa: BLE001 - Redis, a rollout that kept changing
+            reason = f"deciding whether {reference} may update now: {error}"
+            _fail_retryably(behind, reason, outcome)
+            return
         if hold is not None:
             for container in behind:
                 outcome.rows.append(
@@ -391,6 +410,10 @@ class Updater:
             image = pulled[image_reference]
             name = parse_reference(image_reference).name
             if digest and not image.has_digest(name, digest):
+                # The tag must not stay on what the pull gave (a newer push, perhaps one its
+                # rollout or window still holds): the next restart of the unit would run it.
+                with contextlib.suppress(ContainerRuntimeError):
+                    self.runtime.tag(container.image_id, image_reference)
                 outcome.rows.append(
                     _row(
                         container,

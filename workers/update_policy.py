@@ -34,35 +34,39 @@ class LabelError(ValueError):
 
 @dataclass(frozen=True)
 class Window:
-    """Weekly opening hours in one time zone: on ``days`` (0 = Monday), from ``start`` for
-    ``length``."""
+    """Weekly opening hours in one time zone: on ``days`` (0 = Monday), from ``start`` to
+    ``end`` in local wall-clock time, ending on the next day when ``overnight`` (an end at or
+    before the start, or 24:00). Ends are wall-clock times, so a day that changes to or from
+    daylight saving time keeps its hours."""
 
     days: frozenset[int]
     start: time
-    length: timedelta
+    end: time
+    overnight: bool
     zone: ZoneInfo
 
     def opening(self, now: float) -> tuple[float, float] | None:
         """The (start, end) Unix times of the opening that contains ``now``, else None."""
-        for start in self._starts_around(now):
-            end = start + self.length.total_seconds()
+        for start, end in self._openings_around(now):
             if start <= now < end:
                 return start, end
         return None
 
     def next_start(self, now: float) -> float:
         """The first opening that starts after ``now`` (Unix time)."""
-        return min(s for s in self._starts_around(now) if s > now)
+        return min(start for start, _ in self._openings_around(now) if start > now)
 
-    def _starts_around(self, now: float) -> list[float]:
+    def _openings_around(self, now: float) -> list[tuple[float, float]]:
         today = datetime.fromtimestamp(now, self.zone).date()
-        starts = []
+        openings = []
         for offset in range(-1, 9):
             day = today + timedelta(days=offset)
             if day.weekday() in self.days:
-                moment = datetime.combine(day, self.start, tzinfo=self.zone)
-                starts.append(moment.timestamp())
-        return starts
+                start = datetime.combine(day, self.start, tzinfo=self.zone)
+                last = day + timedelta(days=1) if self.overnight else day
+                end = datetime.combine(last, self.end, tzinfo=self.zone)
+                openings.append((start.timestamp(), end.timestamp()))
+        return openings
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,8 @@ def _parse_one_window(text: str) -> Window:
     if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2):
         raise LabelError(f"label {WINDOW_LABEL}: {words[hours_at]!r} is not a time range")
     start, end = h1 * 60 + m1, h2 * 60 + m2
-    minutes = end - start if end > start else end - start + 24 * 60
-    return Window(days, time(h1, m1), timedelta(minutes=minutes), zone)
+    overnight = end <= start or h2 == 24
+    return Window(days, time(h1, m1), time(h2 % 24, m2), overnight, zone)
 
 
 def _parse_days(text: str) -> frozenset[int]:

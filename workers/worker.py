@@ -42,8 +42,8 @@ from workers.queueing import (
 )
 from workers.reference import parse_reference
 from workers.rollouts import advance_active
-from workers.settings import Settings, SettingsError, load_settings
-from workers.wakeups import claim_due
+from workers.settings import Settings, load_settings
+from workers.wakeups import claim_due, wake_later
 
 log = logging.getLogger("podhook.worker")
 
@@ -251,7 +251,7 @@ class Waker:
         while not self.stop.wait(WAKE_SECONDS):
             try:
                 self.wake()
-            except (RedisError, SettingsError) as error:
+            except Exception as error:  # noqa: BLE001 - the waker outlives a bad round
                 log.warning("waking waiting updates of host %s: %s", self.settings.host_id, error)
 
     def wake(self) -> list[str]:
@@ -264,7 +264,11 @@ class Waker:
         woken = claim_due(self.redis, self.settings.host_id, now)
         options = JobOptions.from_settings(self.settings)
         for reference in woken:
-            queued = request_convergence(self.redis, self.settings.host_id, reference, options)
+            try:
+                queued = request_convergence(self.redis, self.settings.host_id, reference, options)
+            except RedisError:
+                wake_later(self.redis, self.settings.host_id, reference, now)  # next round
+                raise
             log.info("the wait of %s is over: job %s", reference, queued.job_id)
         advance_active(self.redis, self.settings, now)
         return woken

@@ -65,3 +65,15 @@ def test_the_old_image_is_not_held_to_a_check_it_fails_too(runtime):
     [row] = converge(runtime)[0].rows
     assert row.state is UpdateState.FAILED
     assert "rollback failed" in row.reason
+
+
+def test_a_pull_that_gives_another_digest_leaves_the_tag_where_it_was(runtime):
+    # The gate allowed D2; meanwhile the tag was pushed again (D3, which its rollout may hold).
+    runtime.registry[REF] = runtime.add_image(
+        "3" * 64, f"registry.example.com/app@sha256:{'c' * 64}"
+    )
+    outcome, units = converge(runtime)
+    [row] = outcome.rows
+    assert row.state is UpdateState.FAILED and row.retryable
+    assert runtime.tags[REF] == V1  # the next restart of the unit still runs what it ran
+    assert units.restarts == []

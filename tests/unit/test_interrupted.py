@@ -163,3 +163,38 @@ def test_a_bus_that_drops_during_a_restart_is_not_a_rollback_and_the_next_attemp
     second, _ = next_attempt(runtime, journal)
     assert states(second.converge(REF, D2)) == [("web", UpdateState.UPDATED)]
     assert journal.unfinished() == []
+
+
+class RecordingGate:
+    """A gate that lets every update run and keeps what each reference's end was told."""
+
+    def __init__(self) -> None:
+        self.settled_rows: list[list] = []
+
+    def digest_for(self, reference, members):
+        return None
+
+    def hold(self, reference, digest, behind):
+        return None
+
+    def settled(self, reference, digest, rows):
+        self.settled_rows.append(list(rows))
+
+
+def test_a_rollout_hears_of_an_update_cut_short_and_rolled_back(runtime):
+    from workers.gates import _host_state
+    from workers.rollout_state import HostState
+
+    journal = MemoryAttemptJournal()
+    killed_after_restart(runtime, journal)
+    units = FakeUnits(runtime)
+    units.broken.add(V2)
+    units.states[UNIT] = UnitState("activating", "auto-restart", 7)
+    updater, units = next_attempt(runtime, journal, units)
+    gate = RecordingGate()
+    updater.gate = gate
+    outcome = updater.converge(REF, D2)
+    assert outcome.lasting
+    [told] = gate.settled_rows
+    assert [r.state for r in told] == [r.state for r in outcome.rows]
+    assert _host_state(told)[0] is HostState.FAILED

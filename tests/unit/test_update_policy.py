@@ -33,6 +33,22 @@ def test_a_window_in_its_own_time_zone():
     assert window.next_opening(at("2026-12-02T02:30:00")) == at("2026-12-03T01:00:00")
 
 
+def test_a_window_keeps_its_wall_clock_hours_on_daylight_saving_days():
+    window = parse_window("daily 01:00-05:00 Europe/Berlin")
+    # 2026-03-29: clocks go from 02:00 to 03:00 (UTC+1 to UTC+2); 05:00 local is 03:00 UTC.
+    assert window.next_opening(at("2026-03-29T02:59:00")) is None
+    assert window.next_opening(at("2026-03-29T03:00:00")) == at("2026-03-29T23:00:00")
+    # 2026-10-25: clocks go from 03:00 back to 02:00 (UTC+2 to UTC+1); 05:00 local is 04:00 UTC.
+    assert window.next_opening(at("2026-10-25T03:30:00")) is None
+    assert window.next_opening(at("2026-10-25T04:00:00")) == at("2026-10-26T00:00:00")
+
+
+def test_a_window_to_midnight():
+    window = parse_window("Mon 22:00-24:00 UTC")  # 2026-12-07 is a Monday
+    assert window.next_opening(at("2026-12-07T23:59:00")) is None
+    assert window.next_opening(at("2026-12-08T00:00:00")) == at("2026-12-14T22:00:00")
+
+
 def test_several_windows_open_at_the_soonest():
     window = parse_window("Sat,Sun 00:00-24:00; Mon-Fri 12:00-13:00")
     assert window.next_opening(at("2026-12-05T09:00:00")) is None  # Saturday
