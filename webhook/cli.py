@@ -428,9 +428,18 @@ def hosts_forget(host: str) -> None:
 
     A worker of that host that starts again registers it again.
     """
+    from workers.gates import settings_now
     from workers.hosts import forget_host
+    from workers.rollouts import forget_host_in_rollouts
 
-    if not _with_redis(_settings(), lambda r: forget_host(r, host)):
+    settings = _settings()
+    known = _with_redis(settings, lambda r: forget_host(r, host))
+    held = _with_redis(
+        settings, lambda r: forget_host_in_rollouts(r, settings, host, settings_now(settings))
+    )
+    if held:
+        click.echo(f"took {host} out of {held} rollout(s) in flight")
+    if not known:
         click.echo(f"podhook: host {host!r} is not registered", err=True)
         sys.exit(1)
     click.echo(f"forgot host {host}: its queue and jobs are removed, pushes no longer reach it")

@@ -168,7 +168,13 @@ def advance(rollout: Rollout, now: float) -> list[int]:
     opened: list[int] = []
     while rollout.state is RolloutState.ROLLING:
         wave = rollout.waves[rollout.wave]
-        failed = {h: r for h, r in wave.hosts.items() if r.state is HostState.FAILED}
+        # A host of an earlier wave that fails later (its retry, a reconcile) halts it too.
+        failed = {
+            h: r
+            for opened in rollout.waves[: rollout.wave + 1]
+            for h, r in opened.hosts.items()
+            if r.state is HostState.FAILED
+        }
         if failed:
             host, record = sorted(failed.items())[0]
             rollout.state = RolloutState.HALTED

@@ -310,6 +310,28 @@ def advance_active(redis: Redis, settings: Settings, now: float) -> int:
     return moved
 
 
+def forget_host_in_rollouts(redis: Redis, settings: Settings, host: str, now: float) -> int:
+    """Take a host that is gone for good (``podhook hosts forget``) out of every active
+    rollout, so its wave no longer waits for it. Returns how many rollouts held it."""
+    held = 0
+    for member in redis.smembers(ACTIVE_KEY):
+        rollout = get_rollout(redis, _text(member))
+        if rollout is None or rollout.wave_of(host) is None:
+            continue
+
+        def change(current: Rollout) -> list[int]:
+            for wave in current.waves:
+                if wave.hosts.pop(host, None) is not None:
+                    record_step(
+                        current, now, f"host {host} forgotten: wave {wave.name} goes on without it"
+                    )
+            return advance(current, now)
+
+        change_rollout(redis, settings, rollout.id, change)
+        held += 1
+    return held
+
+
 # -------------------------------------------------------------------- the operator's hand
 
 

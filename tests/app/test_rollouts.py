@@ -14,6 +14,7 @@ from workers.rollouts import (
     RolloutState,
     abort,
     advance_active,
+    forget_host_in_rollouts,
     get_rollout,
     list_rollouts,
     pause,
@@ -147,3 +148,24 @@ def test_a_host_that_joins_late_goes_to_the_last_wave(redis, fleet):
     rollout = start_rollout(redis, settings, policy, REF, D1, T0)
     rollout = record_host(redis, settings, rollout, "new-1", HostState.WAITING, "", T0 + 1)
     assert rollout.wave_of("new-1") == 1 and not rollout.may_update("new-1")
+
+
+def test_a_forgotten_host_no_longer_holds_its_wave(redis, fleet):
+    settings, policy = fleet
+    rollout = start_rollout(redis, settings, policy, REF, D1, T0)
+    assert forget_host_in_rollouts(redis, settings, "canary-1", T0 + 1) == 1
+    rollout = get_rollout(redis, rollout.id)
+    assert rollout.wave == 1 and rollout.may_update("web-1")  # the empty canary wave went by
+    assert any(step.text.startswith("host canary-1 forgotten") for step in rollout.steps)
+
+
+def test_a_host_of_an_earlier_wave_that_fails_later_halts_the_rollout(redis, fleet):
+    settings, policy = fleet
+    rollout = start_rollout(redis, settings, policy, REF, D1, T0)
+    rollout = record_host(redis, settings, rollout, "canary-1", HostState.UPDATED, "", T0)
+    rollout = promote(redis, settings, rollout.id, T0 + 1)
+    assert rollout.wave == 1
+    rollout = record_host(
+        redis, settings, rollout, "canary-1", HostState.FAILED, "web: rolled_back: crash", T0 + 2
+    )
+    assert rollout.state is RolloutState.HALTED and not rollout.may_update("web-2")
