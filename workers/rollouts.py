@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,10 +73,11 @@ def _text(value: Any) -> str:
 
 
 def rollout_id(reference: str, digest: str, now: float) -> str:
-    """A rollout's id: when it started and a hash of what it rolls out."""
+    """A rollout's id: when it started, and six hex digits that tell apart two rollouts
+    started in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    tail = hashlib.sha256(f"{reference}@{digest}".encode()).hexdigest()[:6]
-    return f"{stamp}-{tail}"
+    tail = hashlib.sha256(f"{reference}@{digest}@{now!r}@{secrets.token_hex(8)}".encode())
+    return f"{stamp}-{tail.hexdigest()[:6]}"
 
 
 def get_rollout(redis: Redis, rollout: str) -> Rollout | None:
@@ -111,16 +113,50 @@ def start_rollout(
     digest: str,
     now: float,
 ) -> Rollout:
-    """The rollout of ``reference`` to ``digest``: the one already started, or a new one whose
-    waves hold the hosts running the reference now (and those whose inventory is unknown),
-    by their labels; it supersedes the reference's rollout in flight and opens its first wave.
-    Several hosts may ask at once: one rollout is started."""
-    existing = rollout_of(redis, reference, digest)
-    current = redis.get(CURRENT_KEY.format(reference=reference))
-    if existing is not None and current is not None and _text(current) == existing.id:
-        return existing
-    # None yet, or one a newer push superseded and this digest is pushed again (A, B, A): a
-    # new rollout, from the first wave.
+    """The rollout of ``reference`` to ``digest``: the reference's current one when it rolls
+    out that digest, or a new one whose waves hold the hosts running the reference now (and
+    those whose inventory is unknown), by their labels; it supersedes the reference's rollout
+    in flight and opens its first wave. Several hosts may ask at once: the pointers to the
+    rollout of the digest and of the reference are read and written in one transaction, so
+    one rollout is started. Raises RolloutError when they keep changing."""
+    by_digest = BY_DIGEST_KEY.format(reference=reference, digest=digest)
+    current_key = CURRENT_KEY.format(reference=reference)
+    for _ in range(_WATCH_ATTEMPTS):
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(by_digest, current_key)
+                named, current = pipe.get(by_digest), pipe.get(current_key)
+                if named is not None and current is not None and _text(named) == _text(current):
+                    found = get_rollout(redis, _text(named))
+                    if found is not None:
+                        return found
+                # None yet, or one a newer push superseded and this digest is pushed again
+                # (A, B, A): a new rollout, from the first wave.
+                rollout, opened = _new_rollout(redis, settings, policy, reference, digest, now)
+                pipe.multi()
+                _save(pipe, rollout)
+                pipe.set(by_digest, rollout.id, ex=ROLLOUT_TTL_SECONDS)
+                pipe.set(current_key, rollout.id, ex=ROLLOUT_TTL_SECONDS)
+                pipe.execute()
+            except WatchError:
+                continue
+        if current is not None:
+            supersede(redis, settings, _text(current), rollout, now)
+        _carry_out(redis, settings, rollout, opened, 0)  # every step is new
+        return rollout
+    raise RolloutError(f"the rollout of {reference} kept changing; try again")
+
+
+def _new_rollout(
+    redis: Redis,
+    settings: Settings,
+    policy: RolloutPolicy,
+    reference: str,
+    digest: str,
+    now: float,
+) -> tuple[Rollout, list[int]]:
+    """A rollout of ``reference`` to ``digest`` with its first wave open, and the waves it
+    opened (empty waves go by at once)."""
     hosts = route_push(
         redis,
         reference,
@@ -151,31 +187,8 @@ def start_rollout(
     record_step(
         rollout, now, f"started for {digest} on {count_hosts(known)} in {len(rollout.waves)} waves"
     )
-    # Empty waves go by at once: a policy whose canary ring has no host goes to the next.
     open_wave(rollout, 0, now)
-    opened = [0, *advance(rollout, now)]
-    # The record first, then the pointer that makes it the rollout of (reference, digest): a
-    # host that loses the race reads the winner's record, which is already there.
-    record = ROLLOUT_KEY.format(id=rollout.id)
-    if not redis.set(record, json.dumps(rollout.to_dict()), nx=True, ex=ROLLOUT_TTL_SECONDS):
-        found = get_rollout(redis, rollout.id)  # the same id: started this very second
-        assert found is not None
-        return found
-    key = BY_DIGEST_KEY.format(reference=reference, digest=digest)
-    if existing is not None:
-        redis.set(key, rollout.id, ex=ROLLOUT_TTL_SECONDS)
-    elif not redis.set(key, rollout.id, nx=True, ex=ROLLOUT_TTL_SECONDS):
-        redis.delete(record)
-        found = rollout_of(redis, reference, digest)
-        assert found is not None  # its record was written before its pointer
-        return found
-    previous = redis.getset(CURRENT_KEY.format(reference=reference), rollout.id)
-    redis.expire(CURRENT_KEY.format(reference=reference), ROLLOUT_TTL_SECONDS)
-    _save(redis, rollout)
-    if previous is not None:
-        supersede(redis, settings, _text(previous), rollout, now)
-    _carry_out(redis, settings, rollout, opened, 0)  # every step is new
-    return rollout
+    return rollout, [0, *advance(rollout, now)]
 
 
 def supersede(redis: Redis, settings: Settings, old: str, new: Rollout, now: float) -> None:

@@ -169,3 +169,28 @@ def test_a_host_of_an_earlier_wave_that_fails_later_halts_the_rollout(redis, fle
         redis, settings, rollout, "canary-1", HostState.FAILED, "web: rolled_back: crash", T0 + 2
     )
     assert rollout.state is RolloutState.HALTED and not rollout.may_update("web-2")
+
+
+def test_hosts_starting_one_rollout_at_once_start_one(redis, redis_url, fleet):
+    import threading
+
+    from redis import Redis
+
+    settings, policy = fleet
+    started: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def start() -> None:
+        client = Redis.from_url(redis_url)
+        barrier.wait()
+        started.append(start_rollout(client, settings, policy, REF, D1, T0).id)
+        client.close()
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(started)) == 1
+    [rollout] = list_rollouts(redis)
+    assert rollout.state is RolloutState.ROLLING
